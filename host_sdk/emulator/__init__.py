@@ -1,0 +1,1 @@
+"""Emulated rigs: the physical world for boards that do not exist."""
