@@ -61,8 +61,10 @@ FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
 
 # Networks with at most this many free DOFs are checked for zero modes with a dense
-# eigendecomposition (exact node list); larger ones with shifted sparse inverse iteration.
-DENSE_RIGIDITY_LIMIT = 1500
+# eigendecomposition (exact mode count); larger ones with shifted sparse inverse iteration, which
+# names the same nodes at the cost of one sparse factorisation (dense LAPACK is slow for
+# mid-sized matrices when a multithreaded BLAS competes for busy cores).
+DENSE_RIGIDITY_LIMIT = 64
 # An eigenvalue of the unit-stiffness matrix below this fraction of the largest diagonal entry
 # counts as a zero mode (the floating-point "zero" of a floppy network is about 1e-16 of it).
 _FLOPPY_RTOL = 1e-10
@@ -542,9 +544,9 @@ class Network:
         bsz = f.shape[0]
         rhs = f.reshape(bsz, 2 * self.n_nodes)[:, self.free_dofs].T
         x = fac.solve_free(rhs)
-        u = np.zeros((bsz, 2 * self.n_nodes))
-        u[:, self.free_dofs] = x.T
-        u = u.reshape(bsz, self.n_nodes, 2)
+        flat = np.zeros((bsz, 2 * self.n_nodes))
+        flat[:, self.free_dofs] = x.T
+        u = flat.reshape(bsz, self.n_nodes, 2)
         return u if batched else u[0]
 
     def _factor_for(self, k: ArrayLike | None, factor: Factor | None) -> Factor:
@@ -789,12 +791,12 @@ class IOMap:
             raise PhysicsError(f"input values have shape {np.shape(values)}, expected (B, {n_in}) or ({n_in},)")
         if not np.all(np.isfinite(v)):
             raise PhysicsError("input values contain NaN or infinite values")
-        out = np.zeros((v.shape[0], 2 * n_nodes))
+        flat = np.zeros((v.shape[0], 2 * n_nodes))
         for col, ((node, axis), scale) in enumerate(zip(self.inputs, self.input_scale)):
             if not 0 <= node < n_nodes:
                 raise PhysicsError(f"input node {node} is outside 0..{n_nodes - 1}")
-            out[:, 2 * node + axis] += v[:, col] * scale
-        out = out.reshape(-1, n_nodes, 2)
+            flat[:, 2 * node + axis] += v[:, col] * scale
+        out = flat.reshape(-1, n_nodes, 2)
         return out[0] if single else out
 
 
