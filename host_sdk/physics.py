@@ -166,8 +166,11 @@ class Factor:
             raise PhysicsError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
         if solver == "auto":
             solver = "cholespy" if _cholespy() is not None else "splu"
-        a = sp.csc_matrix(matrix, dtype=np.float64)
-        if a.shape[0] != a.shape[1]:
+        if isinstance(matrix, sp.csc_matrix) and matrix.dtype == np.float64:
+            a = matrix
+        else:
+            a = sp.csc_matrix(matrix, dtype=np.float64)
+        if a.ndim != 2 or a.shape[0] != a.shape[1]:
             raise PhysicsError(f"stiffness matrix has shape {a.shape}, expected square")
         self.n_free: int = int(a.shape[0])
         self.solver: str = solver
@@ -191,7 +194,8 @@ class Factor:
             mod = _cholespy()
             if mod is None:
                 raise PhysicsError("solver 'cholespy' requested but the cholespy package is not installed")
-            a.sort_indices()
+            if not a.has_sorted_indices:
+                a = a.sorted_indices()
             try:
                 self._chol = mod.CholeskySolverD(
                     self.n_free,
@@ -427,12 +431,16 @@ class Network:
             Symmetric CSC matrix, shape ``(n_free, n_free)``, N/m, sorted indices.
         """
         kk = validate_stiffness(k, self.n_bonds)
-        return self._assemble(kk)
+        return self._assemble(kk, share_pattern=False)
 
-    def _assemble(self, kk: FloatArray) -> sp.csc_matrix:
+    def _assemble(self, kk: FloatArray, *, share_pattern: bool = True) -> sp.csc_matrix:
+        """Assemble K from a validated stiffness vector; the index arrays are shared with the
+        cached pattern unless ``share_pattern`` is false (matrices handed to callers)."""
         indptr, indices, slot, vals, nnz = self._stiffness_pattern()
         data = np.bincount(slot.ravel(), weights=(vals * kk[:, None]).ravel(), minlength=nnz + 1)
-        mat = sp.csc_matrix((data[:nnz], indices.copy(), indptr.copy()), shape=(self.n_free, self.n_free))
+        if not share_pattern:
+            indices, indptr = indices.copy(), indptr.copy()
+        mat = sp.csc_matrix((data[:nnz], indices, indptr), shape=(self.n_free, self.n_free), copy=False)
         mat.has_sorted_indices = True
         return mat
 
