@@ -40,6 +40,9 @@ __all__ = [
 ]
 
 
+_NOISE_BLOCK = 256
+
+
 def _finite(name: str, value: float, *, positive: bool = False, nonneg: bool = False) -> float:
     """Return ``value`` as float or raise ConfigError naming the field."""
     try:
@@ -101,18 +104,18 @@ class AdcSpec:
 
 
 def _default_strain() -> AdcSpec:
-    # HX711 (24-bit) behind a strain gauge bridge, ranged so that +-2.1 mm of elongation spans
-    # the ADC: 0.25 nm per count. The noise is that of the whole chain referred to elongation
-    # (0.3 um rms per reading), far above the HX711's own few counts. Bridge imbalance gives an
-    # offset of order 1e5 counts (tare removes it); gauge factor and bonding spread the true
-    # gains by 1 % (calibration recovers them).
-    return AdcSpec(gain=2.5e-10, gain_error=0.01, offset_std=1.0e5, noise=1200.0, bits=24)
+    # HX711 (24-bit) behind a strain-gauge bridge on each bond, ranged so that +-2.1 mm of
+    # elongation spans the converter: 0.25 nm per count. Noise of the whole chain referred to
+    # elongation: 50 nm rms per reading (about 3 microstrain on a 16 mm bond, typical of a
+    # gauge read by an HX711). Bridge imbalance gives offsets of order 1e5 counts (tare removes
+    # them); gauge factor and bonding spread the true gains by 1 % (calibration recovers them).
+    return AdcSpec(gain=2.5e-10, gain_error=0.01, offset_std=1.0e5, noise=200.0, bits=24)
 
 
 def _default_disp() -> AdcSpec:
-    # A 2-axis displacement sensor (optical or LVDT) on a 24-bit converter, 1 nm per count
-    # (+-8.4 mm span), 0.3 um rms noise per reading, 0.5 % gain spread.
-    return AdcSpec(gain=1.0e-9, gain_error=0.005, offset_std=2.0e4, noise=300.0, bits=24)
+    # A 2-axis displacement sensor (optical or LVDT) on a 24-bit converter: 1 nm per count
+    # (+-8.4 mm span), 50 nm rms noise per reading, 0.5 % gain spread.
+    return AdcSpec(gain=1.0e-9, gain_error=0.005, offset_std=2.0e4, noise=50.0, bits=24)
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,8 @@ class AdcChannel:
         self.offset = float(spec.offset_std * rng.standard_normal())
         self.noise = float(spec.noise)
         self._noise_rng = rng
+        self._normals: list[float] = []  # the stream's next draws, taken in blocks
+        self._next = 0
         self._hi = 2 ** (spec.bits - 1) - 1
         self._lo = -(2 ** (spec.bits - 1))
         self._stuck: int | None = None
@@ -278,11 +283,17 @@ class AdcChannel:
         """The reading for ``length`` metres (one noise draw when the channel is noisy)."""
         x = length / self.true_gain + self.offset
         if self.noise > 0.0:
-            x += self.noise * float(self._noise_rng.standard_normal())
-        if not math.isfinite(x):
+            if self._next >= len(self._normals):
+                # a block of draws is the same sequence as as many single draws
+                self._normals = self._noise_rng.standard_normal(_NOISE_BLOCK).tolist()
+                self._next = 0
+            x += self.noise * self._normals[self._next]
+            self._next += 1
+        if x != x or x in (math.inf, -math.inf):
             c = self._hi if x > 0 else self._lo
         else:
-            c = min(max(math.floor(x + 0.5), self._lo), self._hi)
+            c = math.floor(x + 0.5)
+            c = self._lo if c < self._lo else self._hi if c > self._hi else c
         if self._saturated:
             c = self._hi if self._saturated > 0 else self._lo
         if self._stick_next:

@@ -343,57 +343,68 @@ class Probe:
         self.bonds = tuple(world._bond(b) for b in bonds)
         self.node = None if node is None else world._node(node)
         self.t_ms = 0
-        # Settling state: the world version it follows, when this board first saw it, and
-        # per quantity (strains of the bonds, then ux, uy of the node) the start and target.
+        # Settling state: the world version followed, the board time of the first look after
+        # it changed, and per quantity (strains of the bonds, then ux, uy of the node) where
+        # it started from and where it is going. Plain floats: boards read one at a time.
         n = len(self.bonds) + (2 if self.node is not None else 0)
         self._version = 0
         self._t0 = 0
-        self._start = np.zeros(n)
-        self._target = np.zeros(n)
-        self._idx = np.asarray(self.bonds, dtype=np.int64)
+        self._start = [0.0] * n
+        self._target = [0.0] * n
+        self._w_at = (-1, 0.0)  # (board time, settling weight) of the latest look
+        self._strain = [world.strain_channel(b) for b in self.bonds]
+        self._disp = world.disp_channels(self.node) if self.node is not None else None
 
     def _weight(self, t: int) -> float:
+        if self._w_at[0] == t:
+            return self._w_at[1]
         tau = self.world.dynamics.tau_ms
-        if tau <= 0.0:
-            return 0.0
-        return math.exp(-max(0, t - self._t0) / tau)
+        w = 0.0 if tau <= 0.0 else math.exp(-max(0, t - self._t0) / tau)
+        self._w_at = (t, w)
+        return w
 
-    def _now(self, t: int) -> FloatArray:
-        w = self._weight(t)
-        if w == 0.0:
-            return self._target
-        return self._target + (self._start - self._target) * w
+    def _follow(self, t: int) -> float:
+        """Catch up with the world at board time ``t``; return the settling weight."""
+        world = self.world
+        self.t_ms = max(self.t_ms, t)
+        if self._version != world.version:
+            w = self._weight(t)
+            start = [g + (s - g) * w for s, g in zip(self._start, self._target)]
+            world._equilibrium()
+            target = [float(world._s[b]) for b in self.bonds]
+            if self.node is not None:
+                target += [float(world._u[self.node, 0]), float(world._u[self.node, 1])]
+            self._start, self._target = start, target
+            self._t0 = t
+            self._w_at = (-1, 0.0)
+            self._version = world.version
+        return self._weight(t)
+
+    def _value(self, i: int, w: float) -> float:
+        g = self._target[i]
+        return g if w == 0.0 else g + (self._start[i] - g) * w
 
     def values(self, t_ms: int) -> FloatArray:
         """The true quantities at board time ``t_ms``: strains of :attr:`bonds`, then ux, uy."""
-        world = self.world
-        with world._lock:
-            t = int(t_ms)
-            self.t_ms = max(self.t_ms, t)
-            if self._version != world.version:
-                current = self._now(t).copy()
-                world._equilibrium()
-                target = world._s[self._idx]
-                if self.node is not None:
-                    target = np.concatenate([target, world._u[self.node]])
-                self._start = current
-                self._target = np.array(target, dtype=np.float64)
-                self._t0 = t
-                self._version = world.version
-            return self._now(t)
+        with self.world._lock:
+            w = self._follow(int(t_ms))
+            return np.array([self._value(i, w) for i in range(len(self._target))])
 
     def read_strain(self, i: int, t_ms: int) -> int:
         """Counts of the board's ``i``-th strain channel at board time ``t_ms``."""
         if not 0 <= i < len(self.bonds):
             raise ConfigError(f"strain channel {i} is outside 0..{len(self.bonds) - 1}")
         with self.world._lock:
-            v = self.values(t_ms)
-            return self.world.strain_counts(self.bonds[i], float(v[i]))
+            w = self._follow(int(t_ms))
+            return self._strain[i].counts(self._value(i, w))
 
     def read_disp(self, t_ms: int) -> tuple[int, int]:
         """Counts of the board's displacement sensor (x, y) at board time ``t_ms``."""
         if self.node is None:
             raise ConfigError("this board has no displacement sensor")
+        assert self._disp is not None
         with self.world._lock:
-            v = self.values(t_ms)
-            return self.world.disp_counts(self.node, float(v[-2]), float(v[-1]))
+            w = self._follow(int(t_ms))
+            n = len(self._target)
+            cx, cy = self._disp
+            return cx.counts(self._value(n - 2, w)), cy.counts(self._value(n - 1, w))
