@@ -539,7 +539,8 @@ class Network:
         """Static displacements under the given forces.
 
         Args:
-            k: bond stiffnesses ``(m,)``, N/m; ignored (may be ``None``) when ``factor`` is given.
+            k: bond stiffnesses ``(m,)``, N/m; may be ``None`` when ``factor`` is given (if both
+                are given, ``k`` must be the vector the factor was computed for).
             forces: ``(n, 2)`` or ``(B, n, 2)``, N. Forces on fixed nodes are ignored (the
                 supports take them).
             factor: a factorisation of this network's K from :meth:`factorize`, to reuse.
@@ -566,6 +567,10 @@ class Network:
             raise PhysicsError(f"factor must be a Factor, got {type(factor).__name__}")
         if factor.network is not self:
             raise PhysicsError("factor was computed for a different network")
+        if k is not None and factor.k is not None:
+            kk = validate_stiffness(k, self.n_bonds)
+            if not np.array_equal(kk, factor.k):
+                raise PhysicsError("factor was computed for a different stiffness vector k")
         return factor
 
     def elongations(self, displacements: ArrayLike) -> FloatArray:
@@ -706,7 +711,8 @@ def forward_adjoint(
 
     Args:
         net: the network.
-        k: bond stiffnesses ``(m,)``, N/m (ignored when ``factor`` is given).
+        k: bond stiffnesses ``(m,)``, N/m; may be ``None`` when ``factor`` is given (if both
+            are given they must match).
         forces: input forces ``(B, n, 2)``, N.
         output_dofs: the read-out DOFs, ``(node, axis)`` pairs (or global DOF indices), all free.
         adjoint_fn: maps outputs ``y`` ``(B, n_out)`` (m) to the adjoint forces ``(B, n_out)``
@@ -826,7 +832,7 @@ class PaperSetup:
     """
 
     network: Network
-    io: dict[str, IOMap] = field(default_factory=dict)
+    io: dict[str, IOMap] = field(default_factory=dict, hash=False)
     k_min: float = 103.125
     k_max: float = 171.875
     k0: float = 137.5

@@ -199,6 +199,10 @@ def test_factor_solve_free_and_reuse_checks() -> None:
     other = triangular_lattice(3, 3)
     with pytest.raises(PhysicsError, match="different network"):
         other.solve(None, np.zeros((9, 2)), factor=fac)
+    np.testing.assert_array_equal(net.solve(k, np.ones((14, 2)), factor=fac),
+                                  net.solve(None, np.ones((14, 2)), factor=fac))
+    with pytest.raises(PhysicsError, match="different stiffness vector"):
+        net.solve(k * 1.01, np.zeros((14, 2)), factor=fac)
     with pytest.raises(PhysicsError, match="stiffness vector k or a factor"):
         net.solve(None, np.zeros((14, 2)))
     with pytest.raises(PhysicsError, match="unknown solver 'lu'"):
