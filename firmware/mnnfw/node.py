@@ -325,9 +325,12 @@ class Node:
                 j = 2
                 while t[j] < k:
                     j += 2
-                ka = t[j - 2]
-                ca = t[j - 1]
-                c = ca + (t[j + 1] - ca) * (k - ka) / (t[j] - ka)
+                if t[j] == k:
+                    c = t[j + 1]
+                else:
+                    ka = t[j - 2]
+                    ca = t[j - 1]
+                    c = ca + (t[j + 1] - ca) * (k - ka) / (t[j] - ka)
             c_lo = t[1]
             c_hi = t[1]
             for j in range(3, m, 2):
