@@ -33,7 +33,8 @@ _RP2_PWM_SLICES = const(8)
 # "force", "disp" and "bus" are off unless given; `true` selects these pins.
 STRAIN = ({"type": "hx711", "dout": 2, "sck": 3}, {"type": "hx711", "dout": 4, "sck": 5})
 STIFFNESS = ({"pin": 10}, {"pin": 11})
-FORCE = {"x": (16, 17), "y": (18, 19), "sleep": 20, "full_n": (0.25, 0.25), "max_n": 0.2, "freq": _COIL_HZ}
+FORCE = {"x": (16, 17), "y": (18, 19), "sleep": 20, "full_n": (0.25, 0.25), "max_n": 0.2,
+         "freq": _COIL_HZ}
 DISP = {"x": 26, "y": 27, "oversample": 16}
 ADC_STRAIN = {"pin": 28, "oversample": 16}
 HX711_ARGS = {"gain": 128, "timeout_ms": 1000}
@@ -77,7 +78,8 @@ class _Pins:
             s = (pin >> 1) % _RP2_PWM_SLICES
             other = self._slices.get(s)
             if other is not None and other[1] != freq:
-                raise ValueError("hal_args: %s (GPIO %d) shares PWM slice %d with GPIO %d at %d Hz" % (what, pin, s, other[0], other[1]))
+                raise ValueError("hal_args: %s (GPIO %d) shares PWM slice %d with GPIO %d at %d Hz"
+                                 % (what, pin, s, other[0], other[1]))
             self._slices[s] = (pin, freq)
         return machine.PWM(p)
 
@@ -116,15 +118,22 @@ class Hal:
     # stiffness: list of servos {"pin", "min_us", "max_us"}.
     # force, disp, bus: objects (or true for the standard pins), or null.
     # flash_dir: where the firmware keeps its records.
-    def __init__(self, strain=STRAIN, stiffness=STIFFNESS, force=None, disp=None, bus=None, flash_dir="/"):
+    def __init__(self, strain=STRAIN, stiffness=STIFFNESS, force=None, disp=None, bus=None,
+                 flash_dir="/"):
         if not isinstance(flash_dir, str) or not flash_dir.startswith("/"):
             raise ValueError("hal_args: flash_dir must be an absolute path, not %r" % (flash_dir,))
         pins = _Pins(sys.platform == "rp2")
         self._flash_dir = flash_dir
-        self._strain = [self._make_strain(pins, i, c) for i, c in enumerate(_as_list(strain, "strain"))]
-        self._servos = [self._make_servo(pins, i, c) for i, c in enumerate(_as_list(stiffness, "stiffness"))]
-        self._force = None if force is None or force is False else self._make_force(pins, _merge(FORCE, force, "force"))
-        self._disp = None if disp is None or disp is False else self._make_disp(pins, _merge(DISP, disp, "disp"))
+        self._strain = [self._make_strain(pins, i, c)
+                        for i, c in enumerate(_as_list(strain, "strain"))]
+        self._servos = [self._make_servo(pins, i, c)
+                        for i, c in enumerate(_as_list(stiffness, "stiffness"))]
+        self._force = None
+        if force is not None and force is not False:
+            self._force = self._make_force(pins, _merge(FORCE, force, "force"))
+        self._disp = None
+        if disp is not None and disp is not False:
+            self._disp = self._make_disp(pins, _merge(DISP, disp, "disp"))
         self._link = None
         if bus is not None and bus is not False and bus != "usb":
             self._link = self._make_bus(pins, _merge(BUS, bus, "bus"))
@@ -142,7 +151,8 @@ class Hal:
             dout.init(machine.Pin.IN)
             sck = pins.take(c["sck"], what + " sck")
             sck.init(machine.Pin.OUT, value=0)
-            return HX711(dout, sck, time.sleep_ms, c["gain"], c["timeout_ms"], machine.disable_irq, machine.enable_irq)
+            return HX711(dout, sck, time.sleep_ms, c["gain"], c["timeout_ms"],
+                         machine.disable_irq, machine.enable_irq)
         if kind == "adc":
             c = _merge(ADC_STRAIN, cfg, what)
             return AdcStrain(machine.ADC(pins.take(c["pin"], what)), c["oversample"])
@@ -160,7 +170,9 @@ class Hal:
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 raise ValueError("hal_args: force %s must be [IN1, IN2] pins, not %r" % (axis, pair))
             what = "force " + axis
-            coils.append(Coil(pins.pwm(pair[0], c["freq"], what + " IN1"), pins.pwm(pair[1], c["freq"], what + " IN2"), c["freq"]))
+            in1 = pins.pwm(pair[0], c["freq"], what + " IN1")
+            in2 = pins.pwm(pair[1], c["freq"], what + " IN2")
+            coils.append(Coil(in1, in2, c["freq"]))
         full = c["full_n"]
         if not isinstance(full, (list, tuple)) or len(full) != 2:
             raise ValueError("hal_args: force full_n must be [x, y] in N, not %r" % (full,))
@@ -171,7 +183,9 @@ class Hal:
         return act
 
     def _make_disp(self, pins, c):
-        return DispSensor(machine.ADC(pins.take(c["x"], "disp x")), machine.ADC(pins.take(c["y"], "disp y")), c["oversample"])
+        adc_x = machine.ADC(pins.take(c["x"], "disp x"))
+        adc_y = machine.ADC(pins.take(c["y"], "disp y"))
+        return DispSensor(adc_x, adc_y, c["oversample"])
 
     def _make_bus(self, pins, c):
         tx = pins.take(c["tx"], "bus tx")
@@ -187,7 +201,8 @@ class Hal:
         return binascii.hexlify(machine.unique_id()).decode()
 
     def caps(self):
-        return {"strain": len(self._strain), "stiffness": len(self._servos), "force": self._force is not None, "disp": self._disp is not None}
+        return {"strain": len(self._strain), "stiffness": len(self._servos),
+                "force": self._force is not None, "disp": self._disp is not None}
 
     def ticks_ms(self):
         # MicroPython's tick counter: wraps at 2**30 ms (12.4 days), like the

@@ -9,6 +9,7 @@ test here builds them on dummies defined in this file: a simulated HX711 that sh
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 import types
@@ -265,11 +266,15 @@ class UART:
         return True
 
 
-def _hx(codes: Sequence[int], *, gain: int = 128, busy: int = 0, timeout_ms: int = 1000) -> tuple[Any, SimHX711, Sleeps, IrqLog]:
+def _hx(
+    codes: Sequence[int], *, gain: int = 128, busy: int = 0, timeout_ms: int = 1000
+) -> tuple[Any, SimHX711, Sleeps, IrqLog]:
     irq = IrqLog()
     chip = SimHX711(codes, busy_polls=busy, irq=irq)
     sleeps = Sleeps()
-    drv = hx711.HX711(chip.dout, chip.sck, sleeps, gain=gain, timeout_ms=timeout_ms, irq_off=irq.disable, irq_on=irq.enable)
+    drv = hx711.HX711(
+        chip.dout, chip.sck, sleeps, gain=gain, timeout_ms=timeout_ms, irq_off=irq.disable, irq_on=irq.enable
+    )
     return drv, chip, sleeps, irq
 
 
@@ -395,7 +400,9 @@ def test_servo_pulse_width_to_duty(us: float, duty: int) -> None:
     assert s.duty_for(us) == duty
 
 
-@pytest.mark.parametrize("us, applied, duty", [(500, 1000, 3277), (-3, 1000, 3277), (2500, 2000, 6554), (1e9, 2000, 6554)])
+@pytest.mark.parametrize(
+    "us, applied, duty", [(500, 1000, 3277), (-3, 1000, 3277), (2500, 2000, 6554), (1e9, 2000, 6554)]
+)
 def test_servo_clamps_to_its_safe_range(us: float, applied: int, duty: int) -> None:
     pwm = PWM()
     s = servo.Servo(pwm)
@@ -424,7 +431,9 @@ def test_servo_refuses_non_finite_pulse(bad: float) -> None:
     assert pwm.duties == [0]
 
 
-@pytest.mark.parametrize("kwargs", [{"min_us": 2000, "max_us": 1000}, {"min_us": 0}, {"max_us": 20000}, {"freq": 1000}])
+@pytest.mark.parametrize(
+    "kwargs", [{"min_us": 2000, "max_us": 1000}, {"min_us": 0}, {"max_us": 20000}, {"freq": 1000}]
+)
 def test_servo_rejects_bad_range(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError, match="servo:"):
         servo.Servo(PWM(), **kwargs)
@@ -465,7 +474,8 @@ def test_displacement_sensor_samples_axes_alternately() -> None:
 
 def _force(full_x: float = 0.5, full_y: float = 0.5, max_n: float = 0.2) -> tuple[Any, list[PWM]]:
     pwms = [PWM() for _ in range(4)]
-    act = forceact.ForceActuator(forceact.Coil(pwms[0], pwms[1]), forceact.Coil(pwms[2], pwms[3]), full_x, full_y, max_n)
+    coil_x, coil_y = forceact.Coil(pwms[0], pwms[1]), forceact.Coil(pwms[2], pwms[3])
+    act = forceact.ForceActuator(coil_x, coil_y, full_x, full_y, max_n)
     return act, pwms
 
 
@@ -489,7 +499,15 @@ def test_force_full_scale_and_per_axis_calibration() -> None:
     assert [p.duty for p in pwms] == [0, 65535, 65535, 32767]  # -100 % on x, 50 % on y
 
 
-@pytest.mark.parametrize("fx, fy, message", [(0.25, 0.0, "beyond the actuator limit"), (0.0, -0.2001, "beyond"), (float("nan"), 0.0, "finite"), (0.0, float("inf"), "finite")])
+@pytest.mark.parametrize(
+    "fx, fy, message",
+    [
+        (0.25, 0.0, "beyond the actuator limit"),
+        (0.0, -0.2001, "beyond"),
+        (float("nan"), 0.0, "finite"),
+        (0.0, float("inf"), "finite"),
+    ],
+)
 def test_force_refuses_out_of_range_without_moving(fx: float, fy: float, message: str) -> None:
     act, pwms = _force()
     act.set(0.1, 0.1)
@@ -640,7 +658,9 @@ class FakePoll:
 
 
 @pytest.fixture
-def board(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, FakeMachine, FakeTime, types.SimpleNamespace]]:
+def board(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[Any, FakeMachine, FakeTime, types.SimpleNamespace]]:
     """hal_board imported against a fresh fake machine, clock, sys and select."""
     fake = FakeMachine()
     with _firmware_on_path({"micropython": _fake_micropython(), "machine": fake}):
@@ -649,7 +669,8 @@ def board(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, FakeMachine, F
         sys.modules.pop("hal_board", None)
     clock = FakeTime()
     stdin = types.SimpleNamespace(buffer=FakeStream())
-    fsys = types.SimpleNamespace(platform="rp2", stdin=stdin, stdout=types.SimpleNamespace(buffer=FakeStream()))
+    stdout = types.SimpleNamespace(buffer=FakeStream())
+    fsys = types.SimpleNamespace(platform="rp2", stdin=stdin, stdout=stdout)
     fselect = types.SimpleNamespace(POLLIN=1, poll=lambda: FakePoll(stdin.buffer))
     monkeypatch.setattr(hal_board, "time", clock)
     monkeypatch.setattr(hal_board, "sys", fsys)
@@ -663,7 +684,8 @@ def test_hal_default_board(board: Any) -> None:
     assert hal.caps() == {"strain": 2, "stiffness": 2, "force": False, "disp": False}
     assert hal.board_id() == "e6614104032b5c2a"
     assert hal.flash_dir() == "/"
-    assert {n: p.mode for n, p in fake.pins.items()} == {2: "in", 3: "out", 4: "in", 5: "out", 10: None, 11: None}
+    modes = {n: p.mode for n, p in fake.pins.items()}
+    assert modes == {2: "in", 3: "out", 4: "in", 5: "out", 10: None, 11: None}
     assert {n: (p.hz, p.duties) for n, p in fake.pwms.items()} == {10: (50, [0]), 11: (50, [0])}
     hal.set_stiffness_cmd(1, 1500)
     hal.set_stiffness_cmd(0, 5000)  # clamped to 2000 us
@@ -728,7 +750,10 @@ def test_hal_channel_and_capability_errors(board: Any) -> None:
     "kwargs, message",
     [
         ({"stiffness": [{"pin": 2}]}, "GPIO 2 used by both strain.0. dout and stiffness.0."),
-        ({"stiffness": [{"pin": 12}], "force": {"x": [13, 14]}}, "force x IN1 .GPIO 13. shares PWM slice 6 with GPIO 12 at 50 Hz"),
+        (
+            {"stiffness": [{"pin": 12}], "force": {"x": [13, 14]}},
+            "force x IN1 .GPIO 13. shares PWM slice 6 with GPIO 12 at 50 Hz",
+        ),
         ({"strain": [{"type": "rtd"}]}, 'type must be "hx711" or "adc"'),
         ({"strain": [{"dout": 2, "sck": 3, "gian": 64}]}, "unknown key 'gian' in strain.0."),
         ({"strain": [{"dout": 2}]}, "strain.0. sck pin must be a GPIO number, not None"),
@@ -772,6 +797,18 @@ def test_hal_rs485_bus(board: Any) -> None:
     assert uart.tx == b"\x11"
     assert fake.pins[22].writes == [0, 0, 1, 0]  # init low, driver low, send, release
     assert clock.sleeps == [("us", 87)]
+
+
+def test_hal_builds_the_board_cfg_of_the_hardware_guide(board: Any) -> None:
+    hal_board, fake, _, _ = board
+    text = (FIRMWARE.parent / "docs" / "hardware.md").read_text()
+    cfg = json.loads(text.split("```json\n", 1)[1].split("```", 1)[0])
+    hal = hal_board.Hal(**cfg["hal_args"])
+    assert hal.caps() == {"strain": 2, "stiffness": 2, "force": True, "disp": True}
+    hal.set_stiffness_cmd(0, 1000)  # below min_us 1060
+    assert fake.pwms[10].duty == 3473  # 1060 us: 3473.355
+    hal.set_force(0.131, 0.0)  # half of full_n on x
+    assert fake.pwms[17].duty == 32767
 
 
 # --------------------------------------------------------------------------- under MicroPython

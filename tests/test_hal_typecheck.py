@@ -69,8 +69,8 @@ def build_typeshed(dest: Path) -> Path:
         shutil.copyfile(src, target)
     versions = lib / "VERSIONS"
     text = versions.read_text()
-    listed = {line.split(":")[0].strip() for line in text.splitlines() if ":" in line and not line.startswith("#")}
-    tops = sorted({p.stem if p.is_file() else p.name for p in lib.iterdir() if p.suffix == ".pyi" or p.is_dir()})
+    listed = {line.split(":")[0].strip() for line in text.splitlines() if ":" in line and line[0] != "#"}
+    tops = sorted({p.stem if p.is_file() else p.name for p in lib.iterdir() if p.is_dir() or p.suffix == ".pyi"})
     extra = [f"{name}: 3.0-\n" for name in tops if name not in listed]
     versions.write_text(text.rstrip("\n") + "\n" + "".join(extra))
     return dest
@@ -129,9 +129,10 @@ def test_checked_files_cover_the_board_side() -> None:
     hal = (FIRMWARE / "hal_board.py").read_text()
     imported = {f"mnnfw/{m}.py" for m in re.findall(r"^from mnnfw\.(\w+) import", hal, re.M)}
     assert imported == set(BOARD_FILES) - {"hal_board.py"}
+    imports_machine = re.compile(r"^\s*(import machine|from machine import)", re.M)
     offenders = [
         str(p.relative_to(FIRMWARE))
         for p in sorted(FIRMWARE.rglob("*.py"))
-        if p.name != "hal_board.py" and re.search(r"^\s*(import machine|from machine import)", p.read_text(), re.M)
+        if p.name != "hal_board.py" and imports_machine.search(p.read_text())
     ]
     assert offenders == []

@@ -100,7 +100,8 @@ class HX711:
         waited = 0
         while self._dout.value():
             if waited >= self._timeout_ms:
-                raise OSError("HX711: no data ready after %d ms (check DOUT/PD_SCK wiring and power)" % waited)
+                raise OSError("HX711: no data ready after %d ms (check DOUT/PD_SCK wiring and power)"
+                              % waited)
             self._sleep_ms(1)
             waited += 1
 

@@ -27,7 +27,8 @@ class Servo:
             raise ValueError("servo: freq must be 20..400 Hz, not %r" % (freq,))
         period_us = 1000000 // freq
         if not 0 < min_us < max_us < period_us:
-            raise ValueError("servo: need 0 < min_us < max_us < %d us, got %r..%r" % (period_us, min_us, max_us))
+            raise ValueError("servo: need 0 < min_us < max_us < %d us, got %r..%r"
+                             % (period_us, min_us, max_us))
         self._pwm = pwm
         self._period_us = period_us
         self.min_us = min_us
