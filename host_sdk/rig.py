@@ -20,10 +20,11 @@ the field (``board[3].bonds[1]``, 0-based) and what was expected.
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 
 from .errors import ConfigError, PhysicsError, TransportError
 from .physics import DOF, IOMap, Network, paper_network, triangular_lattice
+from .protocol import BROADCAST, MAX_BONDS, MAX_TABLE
 from .transport import check_url
 
 if sys.version_info >= (3, 11):
@@ -54,15 +56,16 @@ __all__ = [
     "lattice_rig",
 ]
 
-MAX_ADDRESS = 254
+MAX_ADDRESS = BROADCAST - 1
 """Largest board address; 255 is the broadcast address."""
 
-MAX_BONDS_PER_BOARD = 16
+MAX_BONDS_PER_BOARD = MAX_BONDS
 """Bonds one board may own (the firmware's ``MAX_BONDS``: per-bond replies fit one frame)."""
 
 CALIBRATION_KEYS = ("gain", "disp_gain", "act_table")
 """Keys of a board's ``calibration`` table, sent unchanged with CONFIGURE."""
 
+_Fail = Callable[[str, str], NoReturn]
 _LATTICE_RE = re.compile(r"lattice:(\d+)x(\d+)")
 _AXES = {"x": 0, "y": 1}
 _AXIS_NAMES = ("x", "y")
@@ -387,20 +390,20 @@ def _check_rig(rig: Rig) -> tuple[tuple[int, ...], dict[int, int], dict[int, int
                 _check_dof(dof, f"{path}.{kind}[{k}]", net, fixed, fail)
                 node = int(dof[0])
                 board_index = at_node.get(node)
-                board = None if board_index is None else rig.boards[board_index]
-                if board is None or not board.force:
-                    has = "no board" if board is None else f"board {board.address} without one"
+                io_board = None if board_index is None else rig.boards[board_index]
+                if io_board is None or not io_board.force:
+                    has = "no board" if io_board is None else f"board {io_board.address} without one"
                     role = "input loads" if kind == "inputs" else "adjoint loads"
                     fail(
                         f"{path}.{kind}[{k}]",
                         f"node {node} needs a board with a force actuator (force = true) for "
                         f"{role}, but has {has}",
                     )
-                if kind == "outputs" and not board.disp:
+                if kind == "outputs" and not io_board.disp:
                     fail(
                         f"{path}.outputs[{k}]",
                         f"node {node} needs a displacement sensor (disp = true) on board "
-                        f"{board.address}",
+                        f"{io_board.address}",
                     )
         for k, scale in enumerate(iomap.input_scale):
             if not _finite(scale):
@@ -408,7 +411,7 @@ def _check_rig(rig: Rig) -> tuple[tuple[int, ...], dict[int, int], dict[int, int
     return tuple(owner), at_node, by_address
 
 
-def _check_dof(dof: Any, path: str, net: Network, fixed: set[int], fail: Any) -> None:
+def _check_dof(dof: Any, path: str, net: Network, fixed: set[int], fail: _Fail) -> None:
     if not isinstance(dof, tuple) or len(dof) != 2 or not all(_is_int(v) for v in dof):
         fail(path, f"expected [node, axis], got {_show(dof)}")
     node, axis = int(dof[0]), int(dof[1])
@@ -427,7 +430,7 @@ def _check_board(
     owner: list[int],
     at_node: dict[int, int],
     by_address: dict[int, int],
-    fail: Any,
+    fail: _Fail,
 ) -> None:
     path = f"board[{i}]"
     if not isinstance(board, BoardSpec):
@@ -500,26 +503,43 @@ def _check_board(
         if not isinstance(table, Mapping):
             fail(f"{path}.{name}", f"expected a table, got {_show(table)}")
         _check_toml_value(table, f"{path}.{name}", fail)
-    for key in board.calibration:
-        if key not in CALIBRATION_KEYS:
-            fail(
-                f"{path}.calibration.{key}",
-                f"unknown key; expected one of {', '.join(CALIBRATION_KEYS)}",
-            )
-        if not _all_finite_numbers(board.calibration[key]):
-            fail(
-                f"{path}.calibration.{key}",
-                "expected finite numbers (a number or arrays of numbers)",
-            )
+    _check_calibration(board, path, fail)
 
 
-def _all_finite_numbers(value: Any) -> bool:
-    if isinstance(value, (list, tuple)):
-        return len(value) > 0 and all(_all_finite_numbers(v) for v in value)
-    return _finite(value)
+def _numbers(value: Any, count: int) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) == count and all(_finite(v) for v in value)
 
 
-def _check_toml_value(value: Any, path: str, fail: Any) -> None:
+def _check_calibration(board: BoardSpec, path: str, fail: _Fail) -> None:
+    """The calibration table holds what CONFIGURE accepts, in the shapes the firmware wants."""
+    nb = len(board.bonds)
+    for key, value in board.calibration.items():
+        at = f"{path}.calibration.{key}"
+        if key == "gain":
+            if not _numbers(value, nb):
+                fail(at, f"expected one finite number per owned bond ({nb}), m per count")
+        elif key == "disp_gain":
+            if not board.disp:
+                fail(at, "the board has no displacement sensor (disp = false)")
+            if not _numbers(value, 2):
+                fail(at, "expected [x, y] finite numbers, m per count")
+        elif key == "act_table":
+            if not isinstance(value, (list, tuple)) or len(value) != nb:
+                fail(at, f"expected one table per owned bond ({nb})")
+            for i, table in enumerate(value):
+                if not isinstance(table, (list, tuple)) or not 2 <= len(table) <= MAX_TABLE:
+                    fail(f"{at}[{i}]", f"expected 2..{MAX_TABLE} points [k, command]")
+                for j, point in enumerate(table):
+                    if not _numbers(point, 2):
+                        fail(f"{at}[{i}][{j}]", f"expected [k, command] finite numbers, got {_show(point)}")
+                ks = [float(point[0]) for point in table]
+                if ks[0] < 0 or any(b <= a for a, b in zip(ks, ks[1:])):
+                    fail(f"{at}[{i}]", "expected k >= 0 and strictly increasing")
+        else:
+            fail(at, f"unknown key; expected one of {', '.join(CALIBRATION_KEYS)}")
+
+
+def _check_toml_value(value: Any, path: str, fail: _Fail) -> None:
     """Values a rig file can hold and rig_to_toml can write back."""
     if isinstance(value, Mapping):
         for key, item in value.items():
@@ -1007,8 +1027,7 @@ def resolve_ports(rig: Rig, ports: Sequence[tuple[str, str | None]] | None = Non
         TransportError: a board's serial number matches no connected device, or several.
     """
     if ports is None:
-        from serial.tools import list_ports
-
+        list_ports = importlib.import_module("serial.tools.list_ports")
         ports = [(p.device, p.serial_number) for p in list_ports.comports()]
     devices: dict[str, list[str]] = {}
     for device, serial_number in ports:

@@ -32,6 +32,7 @@ written raise :class:`~host_sdk.errors.TransportError`.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import threading
 import time
@@ -189,6 +190,11 @@ def check_url(url: str) -> None:
 # serial:// and loop:// (pyserial)
 
 
+def _pyserial() -> Any:
+    """pyserial, imported when a serial port is first used."""
+    return importlib.import_module("serial")
+
+
 class SerialTransport:
     """A pyserial port (a real serial device, a pseudo-terminal, or pyserial's ``loop://``).
 
@@ -206,7 +212,7 @@ class SerialTransport:
 
     def write(self, data: bytes) -> None:
         """Send all of ``data`` (blocks at most :data:`WRITE_TIMEOUT` seconds)."""
-        import serial
+        serial = _pyserial()
 
         if self._closed:
             raise TransportError(f"port {self.url} is closed")
@@ -221,7 +227,7 @@ class SerialTransport:
 
     def read(self, timeout: float) -> bytes:
         """Return the bytes available, waiting up to ``timeout`` seconds for the first one."""
-        import serial
+        serial = _pyserial()
 
         if self._closed:
             raise TransportError(f"port {self.url} is closed")
@@ -235,7 +241,7 @@ class SerialTransport:
             if not first:
                 return b""
             waiting = self._port.in_waiting
-            return first + self._port.read(waiting) if waiting else first
+            return first + bytes(self._port.read(waiting)) if waiting else bytes(first)
         except (serial.SerialException, OSError) as e:
             raise self._fail("read from", e) from e
 
@@ -253,7 +259,7 @@ class SerialTransport:
 
 
 def _open_serial(url: str, rest: str) -> SerialTransport:
-    import serial
+    serial = _pyserial()
 
     device, baud = _serial_options(url, rest)
     try:
@@ -267,7 +273,7 @@ def _open_serial(url: str, rest: str) -> SerialTransport:
 
 
 def _open_loop(url: str) -> SerialTransport:
-    import serial
+    serial = _pyserial()
 
     check_url(url)
     port = serial.serial_for_url("loop://", timeout=0.1)
@@ -406,7 +412,7 @@ def describe_frame(frame: bytes, *, outgoing: bool) -> str:
 
     body = frame[:-1] if frame.endswith(b"\x00") else frame
     try:
-        payload = protocol.unframe(body)
+        payload = protocol.decode_frame(body)
         if outgoing:
             request = protocol.decode_request(payload)
             return (
