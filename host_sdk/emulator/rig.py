@@ -141,14 +141,20 @@ def configure_args(
 
 
 def write_flash(
-    flash_dir: str, address: int, *, firmware: bool = True, hal_args: Mapping[str, Any] | None = None
+    flash_dir: str,
+    address: int,
+    *,
+    firmware: bool = True,
+    hal_args: Mapping[str, Any] | None = None,
+    fw_hash: str | None = None,
 ) -> None:
     """Put what a deploy puts on an emulated board into ``flash_dir``.
 
     Writes ``board.cfg`` (``{"hal": "hal_emu", "hal_args": {...}, "address": N}``) and
-    ``fw.hash``; with ``firmware`` also ``main.py``, ``hal_board.py``, ``mnnfw/*.py`` and
-    ``hal_emu.py`` (a MicroPython board boots them). Other files (the firmware's records) are
-    left alone, so a board keeps its state across emulator runs.
+    ``fw.hash`` (``fw_hash``, default :func:`~host_sdk.fwinfo.firmware_hash`); with ``firmware``
+    also ``main.py``, ``hal_board.py``, ``mnnfw/*.py`` and ``hal_emu.py`` (a MicroPython board
+    boots them). Other files (the firmware's records) are left alone, so a board keeps its state
+    across emulator runs.
     """
     os.makedirs(flash_dir, exist_ok=True)
     if firmware:
@@ -161,7 +167,8 @@ def write_flash(
         shutil.copyfile(hal_emu_path(), os.path.join(flash_dir, HAL_MODULE + ".py"))
     cfg = {"hal": HAL_MODULE, "hal_args": dict(hal_args or {}), "address": int(address)}
     _write_text(os.path.join(flash_dir, BOARD_CFG), json.dumps(cfg, sort_keys=True) + "\n")
-    _write_text(os.path.join(flash_dir, FW_HASH_FILE), firmware_hash() + "\n")
+    stamp = firmware_hash() if fw_hash is None else fw_hash
+    _write_text(os.path.join(flash_dir, FW_HASH_FILE), stamp + "\n")
 
 
 def _write_text(path: str, text: str) -> None:
@@ -277,12 +284,13 @@ class EmulatedRig:
     # -- start-up ------------------------------------------------------------------------
 
     def _start(self, micropython: bool, pty: bool, configure: bool, start_timeout: float) -> None:
+        stamp = firmware_hash()
         for spec in self.rig.boards:
             d = os.path.join(self._root, f"board-{spec.address}")
             os.makedirs(d, exist_ok=True)
             self.flash_dirs[spec.address] = d
             if not self.blank:
-                write_flash(d, spec.address, firmware=micropython)
+                write_flash(d, spec.address, firmware=micropython, fw_hash=stamp)
         if micropython:
             self._start_micropython(configure, start_timeout)
         else:
