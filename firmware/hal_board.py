@@ -35,10 +35,12 @@ STRAIN = ({"type": "hx711", "dout": 2, "sck": 3}, {"type": "hx711", "dout": 4, "
 STIFFNESS = ({"pin": 10}, {"pin": 11})
 FORCE = {"x": (16, 17), "y": (18, 19), "sleep": 20, "full_n": (0.25, 0.25), "max_n": 0.2,
          "freq": _COIL_HZ}
-DISP = {"x": 26, "y": 27, "oversample": 16}
-ADC_STRAIN = {"pin": 28, "oversample": 16}
-HX711_ARGS = {"gain": 128, "timeout_ms": 1000}
-SERVO_ARGS = {"min_us": 1000, "max_us": 2000}
+# "atten": None keeps the port's ADC default (RP2040: 0..3.3 V); an ESP32 needs
+# 3 (ADC.ATTN_11DB) for a 0..3.3 V signal.
+DISP = {"x": 26, "y": 27, "oversample": 16, "atten": None}
+ADC_STRAIN = {"type": "adc", "pin": 28, "oversample": 16, "atten": None}
+HX711_ARGS = {"type": "hx711", "dout": None, "sck": None, "gain": 128, "timeout_ms": 1000}
+SERVO_ARGS = {"pin": None, "min_us": 1000, "max_us": 2000}
 BUS = {"uart": 0, "tx": 0, "rx": 1, "de": 22, "baud": 115200}
 
 
@@ -50,7 +52,7 @@ def _merge(defaults, given, what):
         raise ValueError("hal_args: %s must be an object or true, not %r" % (what, given))
     out = dict(defaults)
     for key in given:
-        if key not in defaults and key != "type":
+        if key not in defaults:
             raise ValueError("hal_args: unknown key %r in %s" % (key, what))
         out[key] = given[key]
     return out
@@ -146,7 +148,7 @@ class Hal:
             raise ValueError("hal_args: %s must be an object, not %r" % (what, cfg))
         kind = cfg.get("type", "hx711")
         if kind == "hx711":
-            c = _merge(dict(HX711_ARGS, dout=None, sck=None), cfg, what)
+            c = _merge(HX711_ARGS, cfg, what)
             dout = pins.take(c["dout"], what + " dout")
             dout.init(machine.Pin.IN)
             sck = pins.take(c["sck"], what + " sck")
@@ -155,12 +157,12 @@ class Hal:
                          machine.disable_irq, machine.enable_irq)
         if kind == "adc":
             c = _merge(ADC_STRAIN, cfg, what)
-            return AdcStrain(machine.ADC(pins.take(c["pin"], what)), c["oversample"])
+            return AdcStrain(_adc(pins.take(c["pin"], what), c["atten"]), c["oversample"])
         raise ValueError("hal_args: %s type must be \"hx711\" or \"adc\", not %r" % (what, kind))
 
     def _make_servo(self, pins, i, cfg):
         what = "stiffness[%d]" % i
-        c = _merge(dict(SERVO_ARGS, pin=None), cfg, what)
+        c = _merge(SERVO_ARGS, cfg, what)
         return Servo(pins.pwm(c["pin"], _SERVO_HZ, what), c["min_us"], c["max_us"], _SERVO_HZ)
 
     def _make_force(self, pins, c):
@@ -183,8 +185,8 @@ class Hal:
         return act
 
     def _make_disp(self, pins, c):
-        adc_x = machine.ADC(pins.take(c["x"], "disp x"))
-        adc_y = machine.ADC(pins.take(c["y"], "disp y"))
+        adc_x = _adc(pins.take(c["x"], "disp x"), c["atten"])
+        adc_y = _adc(pins.take(c["y"], "disp y"), c["atten"])
         return DispSensor(adc_x, adc_y, c["oversample"])
 
     def _make_bus(self, pins, c):
@@ -244,6 +246,12 @@ class Hal:
 
     def reset(self):
         machine.reset()
+
+
+def _adc(pin, atten):
+    if atten is None:
+        return machine.ADC(pin)
+    return machine.ADC(pin, atten=atten)
 
 
 def _as_list(value, what):

@@ -225,6 +225,7 @@ class ADC:
     def __init__(self, values: Sequence[int], log: list[str] | None = None, name: str = "") -> None:
         self.values = list(values)
         self.reads = 0
+        self.kwargs: dict[str, Any] = {}
         self.log = log
         self.name = name
 
@@ -586,8 +587,10 @@ class FakeMachine(types.ModuleType):
             fake.pwms[n] = PWM(pin)
             return fake.pwms[n]
 
-        def _adc(pin: Pin) -> ADC:
-            return fake.adcs.setdefault(fake._number(pin), ADC([0]))
+        def _adc(pin: Pin, **kwargs: Any) -> ADC:
+            adc = fake.adcs.setdefault(fake._number(pin), ADC([0]))
+            adc.kwargs = kwargs
+            return adc
 
         def _uart(uid: int, baud: int, **kwargs: Any) -> UART:
             u = UART()
@@ -716,9 +719,10 @@ def test_hal_adc_strain_force_and_displacement(board: Any) -> None:
         strain=[{"type": "adc", "oversample": 2}],
         stiffness=[{"pin": 12, "min_us": 900, "max_us": 2100}],
         force=True,
-        disp={"oversample": 2},
+        disp={"oversample": 2, "atten": 3},
         flash_dir="/data",
     )
+    assert [fake.adcs[n].kwargs for n in (28, 26, 27)] == [{}, {"atten": 3}, {"atten": 3}]
     assert hal.caps() == {"strain": 1, "stiffness": 1, "force": True, "disp": True}
     assert hal.flash_dir() == "/data"
     assert hal.read_strain(0) == 1001
@@ -759,6 +763,7 @@ def test_hal_channel_and_capability_errors(board: Any) -> None:
         ({"strain": [{"dout": 2}]}, "strain.0. sck pin must be a GPIO number, not None"),
         ({"strain": [{"dout": 2, "sck": 3, "gain": 10}]}, "gain must be 128, 64 or 32"),
         ({"stiffness": {"pin": 10}}, "stiffness must be a list"),
+        ({"stiffness": [{"pin": 10, "type": "servo"}]}, "unknown key 'type' in stiffness.0."),
         ({"force": {"x": [16]}}, r"force x must be \[IN1, IN2\] pins"),
         ({"force": {"max_n": 1.0}}, "need 0 < max_n <= full-duty force"),
         ({"disp": "yes"}, "disp must be an object or true"),
