@@ -200,12 +200,14 @@ def encode_frame(payload: bytes) -> bytes:
     """Wire bytes of one frame: ``COBS(payload ‖ CRC32 LE)`` and a ``0x00`` delimiter.
 
     Raises:
-        ProtocolError: the payload plus CRC exceeds :data:`MAX_FRAME` bytes.
+        ProtocolError: the payload is empty, or it plus the CRC exceeds :data:`MAX_FRAME`.
     """
     if len(payload) + 4 > MAX_FRAME:
         raise ProtocolError(
             f"frame too large: {len(payload)} + 4 CRC bytes > MAX_FRAME = {MAX_FRAME}"
         )
+    if not payload:
+        raise ProtocolError("a frame carries at least one payload byte")
     body = bytes(payload) + crc32(payload).to_bytes(4, "little")
     return cobs_encode(body) + b"\x00"
 
