@@ -961,8 +961,8 @@ def rig_to_toml(rig: Rig) -> str:
 
     (The ``source`` of the reloaded rig is the file it was read from.)
     """
-    lines = [f"# rig {rig.name}: {rig.network.n_nodes} nodes, {rig.n_bonds} bonds, "
-             f"{len(rig.boards)} boards", ""]
+    lines = [f"# a rig of {rig.network.n_nodes} nodes, {rig.n_bonds} bonds and "
+             f"{len(rig.boards)} boards (field reference: docs/rig.md)", ""]
     lines.append(f"name = {_toml_string(rig.name)}")
     lines.append(f"emulated = {_toml_value(rig.emulated)}")
     if rig.network_spec:

@@ -33,6 +33,7 @@ written raise :class:`~host_sdk.errors.TransportError`.
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 import threading
 import time
@@ -231,6 +232,8 @@ class SerialTransport:
 
         if self._closed:
             raise TransportError(f"port {self.url} is closed")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout):
+            raise ConfigError(f"read timeout must be a finite number of seconds, got {timeout!r}")
         timeout = max(0.0, float(timeout))
         try:
             if timeout != self._timeout:

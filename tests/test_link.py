@@ -7,6 +7,8 @@ import threading
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from host_sdk import protocol
 from host_sdk.errors import ConfigError, NodeError, ProtocolError, TransportError
@@ -159,6 +161,21 @@ def test_damaged_frames_are_counted(board_link: Callable[..., tuple[Board, Link]
     s = link.stats
     assert (s.crc_errors, s.oversize, s.frames_received, s.stale) == (2, 1, 1, 0)
     assert s.bytes_received == len(board.replies[0])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(noise=st.binary(max_size=300), seq=st.integers(0, 2**32 - 1))
+def test_garbage_never_passes_for_a_reply(
+    board_link: Callable[..., tuple[Board, Link]], noise: bytes, seq: int
+) -> None:
+    # Any bytes ahead of the reply (closed by a delimiter) are dropped and counted, never
+    # mistaken for the answer, and never cost a retry.
+    board, link = board_link(Board(7, noise=lambda request: noise + b"\x00"), first_seq=seq)
+    assert link.request(7, Command.HELLO) == {"echo": 1, "n": 1}
+    s = link.stats
+    assert (s.retries, s.timeouts, s.stale) == (0, 0, 0)
+    assert s.bytes_received == len(board.replies[0]) == len(noise) + 1 + len(
+        protocol.encode_reply(seq, 7, Status.OK, {"echo": 1, "n": 1}))
 
 
 def test_error_status_raises_node_error(board_link: Callable[..., tuple[Board, Link]]) -> None:

@@ -437,3 +437,51 @@ def test_docs_examples(tmp_path: Path) -> None:
     bundled = Path(__file__).resolve().parents[1] / "host_sdk" / "rigs" / "paper.toml"
     excerpt = _code_lines(excerpts[0])
     assert excerpt == _code_lines(bundled.read_text(encoding="utf-8"))[: len(excerpt)]
+
+
+# ---- property: rig_to_toml round trip -------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_scalars = st.one_of(
+    st.text(max_size=12),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.integers(3, 5),
+    cols=st.integers(4, 6),
+    inline=st.booleans(),
+    name=st.text(min_size=1, max_size=20).filter(lambda s: s.strip() != ""),
+    hal=st.dictionaries(st.text(max_size=8), _values, max_size=4),
+    serial=st.text(min_size=1, max_size=16).filter(lambda s: s.strip() != ""),
+    data=st.data(),
+)
+def test_round_trip_property(
+    tmp_path: Path, rows: int, cols: int, inline: bool, name: str, hal: dict[str, object],
+    serial: str, data: st.DataObject,
+) -> None:
+    rig = lattice_rig(rows, cols)
+    pick = data.draw(st.integers(0, len(rig.boards) - 1))
+    boards = list(rig.boards)
+    boards[pick] = dataclasses.replace(boards[pick], hal_args=hal, usb_serial=serial,
+                                       port=None if data.draw(st.booleans()) else boards[pick].port)
+    k_min = data.draw(st.floats(1e-3, 1e3))
+    rig = dataclasses.replace(
+        rig, name=name, boards=tuple(boards), network_spec="" if inline else rig.network_spec,
+        k_min=k_min, k0=max(k_min, rig.k0), k_max=max(k_min, rig.k_max), emulated=data.draw(st.booleans()),
+    )
+    text = rig_to_toml(rig)
+    again = load_rig(write(tmp_path, text))
+    assert same_but_source(rig, again)
+    assert rig_to_toml(again) == text
