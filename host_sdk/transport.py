@@ -55,6 +55,7 @@ __all__ = [
     "register_endpoint",
     "unregister_endpoint",
     "endpoint_names",
+    "describe_frame",
 ]
 
 DEFAULT_BAUD = 115200
@@ -420,15 +421,29 @@ def describe_frame(frame: bytes, *, outgoing: bool) -> str:
             request = protocol.decode_request(payload)
             return (
                 f"REQ seq={request.seq} addr={request.address} "
-                f"{_command_name(request.command)} {request.args!r}"
+                f"{_command_name(request.command)} {_show_value(request.args)}"
             )
         reply = protocol.decode_reply(payload)
         return (
             f"REP seq={reply.seq} addr={reply.address} "
-            f"{_status_name(reply.status)} {reply.result!r}"
+            f"{_status_name(reply.status)} {_show_value(reply.result)}"
         )
     except ProtocolError as e:
         return f"RAW {frame.hex()} ({e})"
+
+
+def _show_value(value: Any) -> str:
+    """Like repr, but floats that are float32 values (all floats on the wire) print shortest."""
+    if isinstance(value, float):
+        import numpy as np
+
+        single = np.float32(value)
+        return str(single) if float(single) == value else repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_show_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_show_value(v) for v in value) + "]"
+    return repr(value)
 
 
 def _command_name(code: int) -> str:

@@ -257,7 +257,7 @@ class TestSpy:
         t = open_transport(f"spy://serial://{path}?baud=115200&log={log}")
         assert isinstance(t, SpyTransport)
         request = protocol.encode_request(7, 3, protocol.Command.HELLO, {})
-        reply = protocol.encode_reply(7, 3, protocol.Status.OK, {"boots": 2})
+        reply = protocol.encode_reply(7, 3, protocol.Status.OK, {"boots": 2, "ux": -0.049, "k": [137.5, 1e-07]})
         error = protocol.encode_reply(8, 3, protocol.Status.BAD_ARGS, "n must be positive")
         try:
             t.write(request)
@@ -272,7 +272,7 @@ class TestSpy:
         body = [re.sub(r"^ *\d+\.\d{6} ", "", line) for line in lines[1:]]
         assert all(re.match(r"^ *\d+\.\d{6} (->|<-) ", line) for line in lines[1:])
         assert body[0] == "-> REQ seq=7 addr=3 HELLO {}"
-        assert body[1] == "<- REP seq=7 addr=3 OK {'boots': 2}"
+        assert body[1] == "<- REP seq=7 addr=3 OK {'boots': 2, 'k': [137.5, 1e-07], 'ux': -0.049}"
         assert body[2].startswith("<- RAW 010200 (")
         assert body[3] == "<- REP seq=8 addr=3 BAD_ARGS 'n must be positive'"
         assert body[4] == "<- PARTIAL 09"
