@@ -358,6 +358,8 @@ def _check_rig(rig: Rig) -> tuple[tuple[int, ...], dict[int, int], dict[int, int
         fail("emulated", f"expected true or false, got {_show(rig.emulated)}")
     if not isinstance(rig.network_spec, str):
         fail("network", f"expected a network name, got {_show(rig.network_spec)}")
+    if rig.network_spec and not _networks_equal(net, _named_network(rig.network_spec, fail)):
+        fail("network", f"the network is not the one named {rig.network_spec!r}")
 
     if not isinstance(rig.boards, tuple) or not rig.boards:
         fail("board", "expected at least one [[board]] table")
@@ -409,6 +411,19 @@ def _check_rig(rig: Rig) -> tuple[tuple[int, ...], dict[int, int], dict[int, int
             if not _finite(scale):
                 fail(f"{path}.input_scale[{k}]", f"expected a finite number, got {_show(scale)}")
     return tuple(owner), at_node, by_address
+
+
+def _named_network(spec: str, fail: _Fail) -> Network:
+    """The network named ``"paper"`` or ``"lattice:RxC"``."""
+    if spec == "paper":
+        return paper_network().network
+    match = _LATTICE_RE.fullmatch(spec)
+    if match is None:
+        fail("network", f"expected {_TOP_KEYS['network']}, got {_show(spec)}")
+    try:
+        return triangular_lattice(int(match.group(1)), int(match.group(2)))
+    except PhysicsError as e:
+        fail("network", str(e))
 
 
 def _check_dof(dof: Any, path: str, net: Network, fixed: set[int], fail: _Fail) -> None:
@@ -651,14 +666,7 @@ class _Reader:
                 setup = paper_network()
                 bounds = {"k_min": setup.k_min, "k_max": setup.k_max, "k0": setup.k0}
                 return setup.network, "paper", bounds
-            match = _LATTICE_RE.fullmatch(value)
-            if match:
-                rows, cols = int(match.group(1)), int(match.group(2))
-                try:
-                    return triangular_lattice(rows, cols), value, {}
-                except PhysicsError as e:
-                    self.fail("network", str(e))
-            self.fail("network", f"expected {_TOP_KEYS['network']}, got {_show(value)}")
+            return _named_network(value, self.fail), value, {}
         table = self.table(value, "network")
         self.keys(table, _NETWORK_KEYS, "network")
         for key in ("positions", "bonds"):

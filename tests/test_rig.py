@@ -407,6 +407,15 @@ def test_every_error_is_one_line(tmp_path: Path) -> None:
         assert "\n" not in str(info.value)
 
 
+def test_named_network_must_match(tmp_path: Path) -> None:
+    rig = load_rig("lattice:4x4")
+    with pytest.raises(ConfigError) as info:
+        dataclasses.replace(rig, network_spec="lattice:4x5")
+    assert str(info.value) == "lattice:4x4: network: the network is not the one named 'lattice:4x5'"
+    with pytest.raises(ConfigError, match="rows must be an integer >= 2"):
+        load_text(tmp_path, SMALL.replace(SMALL.splitlines()[1], 'network = "lattice:1x4"'))
+
+
 def test_rig_built_in_code_is_validated() -> None:
     setup = paper_network()
     boards = tuple(BoardSpec(address=n, node=n, port="loop://", bonds=()) for n in range(14))
