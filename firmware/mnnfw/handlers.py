@@ -45,7 +45,7 @@ from .commands import (
 )
 from .node import K_MAX_DEFAULT, K_MIN_DEFAULT
 
-BIG = 3.0e38  # bound for plain float args (float32 max is 3.4e38)
+BIG = 3.4028234663852886e38  # float32 max: the bound of plain float args
 _NONE = ()
 
 
