@@ -178,6 +178,15 @@ def _write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _scratch_dir() -> str | None:
+    """A memory-backed directory for temporary flash (``/dev/shm``) when there is one: the
+    firmware syncs every record it writes, which costs nothing there."""
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return None
+
+
 def _endpoint_name(port: str | None, rig: Rig, address: int) -> str:
     """The ``emu://`` name for a port of the rig (its own name when it is an emu:// URL)."""
     if port and port.startswith("emu://") and len(port) > len("emu://"):
@@ -201,7 +210,8 @@ class EmulatedRig:
             firmware runs in this process).
         noiseless: exact sensors (no noise, exact gains, no offsets) and ideal actuators.
         flash_dir: directory holding one flash directory per board (``board-<address>``), kept
-            after :meth:`stop`; default a temporary directory, removed by :meth:`stop`.
+            after :meth:`stop`; default a temporary directory (in ``/dev/shm`` when there is
+            one), removed by :meth:`stop`.
         blank: MicroPython boards start with empty flash (the bare REPL) for a deploy tool;
             nothing is written to their flash and nothing is configured.
         seed: seeds the sensor models (gain and offset draws, noise).
@@ -270,7 +280,7 @@ class EmulatedRig:
         self._supervisor: Supervisor | None = None
         self._stopped = False
         if flash_dir is None:
-            self._root = tempfile.mkdtemp(prefix="mnn-emu-")
+            self._root = tempfile.mkdtemp(prefix="mnn-emu-", dir=_scratch_dir())
             self._own_root = True
         else:
             self._root = os.path.abspath(flash_dir)

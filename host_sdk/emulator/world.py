@@ -213,8 +213,14 @@ class World:
                     raise
                 self._factor_version = self._k_version
                 self.factorizations += 1
-            self._u = self.network.solve(None, self._loads, factor=self._factor)
-            self._s = self.network.elongations(self._u)
+            # straight to the factor: the world's own arrays need no validation per solve
+            net = self.network
+            assert self._factor is not None
+            x = self._factor.solve_free(self._loads.reshape(-1)[net.free_dofs])
+            u = np.zeros(2 * net.n_nodes)
+            u[net.free_dofs] = x
+            self._u = u.reshape(net.n_nodes, 2)
+            self._s = net.elongations_free(x)
             self.solves += 1
         self._eq_key = key
 
@@ -351,24 +357,22 @@ class Probe:
         self._t0 = 0
         self._start = [0.0] * n
         self._target = [0.0] * n
-        self._w_at = (-1, 0.0)  # (board time, settling weight) of the latest look
+        self._tau = float(world.dynamics.tau_ms)
+        self._wt = -1  # board time of the latest look, and the settling weight then
+        self._w = 0.0
         self._strain = [world.strain_channel(b) for b in self.bonds]
         self._disp = world.disp_channels(self.node) if self.node is not None else None
 
-    def _weight(self, t: int) -> float:
-        if self._w_at[0] == t:
-            return self._w_at[1]
-        tau = self.world.dynamics.tau_ms
-        w = 0.0 if tau <= 0.0 else math.exp(-max(0, t - self._t0) / tau)
-        self._w_at = (t, w)
-        return w
-
     def _follow(self, t: int) -> float:
-        """Catch up with the world at board time ``t``; return the settling weight."""
+        """Catch up with the world at board time ``t``; return the settling weight.
+
+        The caller holds the world's lock.
+        """
+        if t > self.t_ms:
+            self.t_ms = t
         world = self.world
-        self.t_ms = max(self.t_ms, t)
         if self._version != world.version:
-            w = self._weight(t)
+            w = self._w if t == self._wt else self._weight(t)
             start = [g + (s - g) * w for s, g in zip(self._start, self._target)]
             world._equilibrium()
             target = [float(world._s[b]) for b in self.bonds]
@@ -376,9 +380,17 @@ class Probe:
                 target += [float(world._u[self.node, 0]), float(world._u[self.node, 1])]
             self._start, self._target = start, target
             self._t0 = t
-            self._w_at = (-1, 0.0)
+            self._wt = -1
             self._version = world.version
-        return self._weight(t)
+        if t != self._wt:
+            self._w = self._weight(t)
+            self._wt = t
+        return self._w
+
+    def _weight(self, t: int) -> float:
+        if self._tau <= 0.0:
+            return 0.0
+        return math.exp(-max(0, t - self._t0) / self._tau)
 
     def _value(self, i: int, w: float) -> float:
         g = self._target[i]
