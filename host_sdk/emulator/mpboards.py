@@ -18,7 +18,9 @@ killed on purpose (:meth:`BoardProcess.kill`).
 
 from __future__ import annotations
 
+import ctypes
 import os
+import queue
 import selectors
 import shutil
 import socket
@@ -28,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..errors import ConfigError, PhysicsError
 from .hal import BoardWiring, NotCapable, NotWired
@@ -54,6 +57,28 @@ ENV_WORLD = "MNN_EMU_WORLD"
 """Environment variable naming the world server's TCP port for a board process."""
 ENV_BOARD = "MNN_EMU_BOARD"
 """Environment variable naming a board process's address."""
+
+
+def _libc_prctl() -> Any:
+    """``prctl`` of the C library on Linux, or ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1
+_SIGKILL = 9
+
+
+def _die_with_parent() -> None:
+    """In a fresh child: be killed when the thread that started it ends (Linux), so a host
+    killed outright leaves no board processes behind."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)
 
 
 def find_micropython() -> str:
@@ -245,6 +270,9 @@ class BoardProcess:
     firmware that leaves its protocol loop for the REPL really reaches one), and the bare REPL
     otherwise (a blank board that a deploy tool can reach with ``mpremote ... resume``).
 
+    Start, restart and revive from one long-lived thread (the :class:`Supervisor` does): on
+    Linux a board process is killed when the thread that started it ends.
+
     Attributes:
         pty: the board's terminal.
         starts: how many times the process was started.
@@ -304,6 +332,7 @@ class BoardProcess:
                 env=self.env,
                 close_fds=True,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self.starts += 1
         self.started_at = time.monotonic()
@@ -381,6 +410,8 @@ class Supervisor:
         self.restarts = 0
         self._requested: set[int] = set()
         self._req_lock = threading.Lock()
+        self._tasks: queue.Queue[tuple[Callable[[], None], threading.Event, list[BaseException]]]
+        self._tasks = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mnn-board-supervisor", daemon=True)
 
@@ -389,10 +420,30 @@ class Supervisor:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop watching and join the thread (idempotent)."""
+        """Stop watching and join the thread (idempotent). Boards it started are killed with
+        it on Linux, so close them first."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5.0)
+
+    def call(self, fn: Callable[[], None], timeout: float = 30.0) -> None:
+        """Run ``fn`` on the supervisor's thread (where board processes are started) and wait.
+
+        Raises:
+            whatever ``fn`` raised; RuntimeError if the supervisor is not running.
+        """
+        if threading.current_thread() is self._thread:
+            fn()
+            return
+        if not self._thread.is_alive():
+            raise RuntimeError("the board supervisor is not running")
+        done = threading.Event()
+        errors: list[BaseException] = []
+        self._tasks.put((fn, done, errors))
+        if not done.wait(timeout):
+            raise RuntimeError("the board supervisor did not answer")
+        if errors:
+            raise errors[0]
 
     def request_restart(self, address: int) -> None:
         """Restart a board's process soon (from any thread; returns at once)."""
@@ -400,7 +451,18 @@ class Supervisor:
             self._requested.add(int(address))
 
     def _run(self) -> None:
-        while not self._stop.wait(self._period):
+        while not self._stop.is_set():
+            try:
+                fn, done, errors = self._tasks.get(timeout=self._period)
+            except queue.Empty:
+                pass
+            else:
+                try:
+                    fn()
+                except BaseException as e:  # noqa: BLE001 - handed to the caller of call()
+                    errors.append(e)
+                done.set()
+                continue
             with self._req_lock:
                 requested, self._requested = self._requested, set()
             for address in sorted(requested):

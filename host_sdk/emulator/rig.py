@@ -355,10 +355,10 @@ class EmulatedRig:
             self.processes[spec.address] = proc
             self.paths[spec.address] = proc.path
             self.ports[spec.address] = "serial://" + proc.path
-        for proc in self.processes.values():
-            proc.start()
         self._supervisor = Supervisor(self.processes)
         self._supervisor.start()
+        procs = list(self.processes.values())
+        self._supervisor.call(lambda: [p.start() for p in procs] and None)
         if self.blank:
             return
         for address, proc in self.processes.items():
@@ -401,9 +401,9 @@ class EmulatedRig:
         """Boot a board again from its flash (killing it first if it runs)."""
         self._check_address(address)
         if self.micropython:
-            self.processes[address].restart()
-            if self._supervisor is not None:
-                self._supervisor.forgive(address)
+            assert self._supervisor is not None
+            self._supervisor.call(self.processes[address].restart)
+            self._supervisor.forgive(address)
         else:
             board = self.inproc[address]
             board.kill()
@@ -437,10 +437,10 @@ class EmulatedRig:
         for name in self._names:
             unregister_endpoint(name)
         self._names.clear()
-        if self._supervisor is not None:
-            self._supervisor.stop()
         for proc in self.processes.values():
             proc.close()
+        if self._supervisor is not None:
+            self._supervisor.stop()
         if self._server is not None:
             self._server.stop()
         if self._bridge is not None:

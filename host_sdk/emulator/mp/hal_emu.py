@@ -129,7 +129,14 @@ class Hal:
         size = len(buf)
         mv = memoryview(buf)
         wait = self._poll_ms
-        while n < size and self._poll.poll(wait):
+        while n < size:
+            ev = self._poll.poll(wait)
+            if not ev:
+                break
+            if not ev[0][1] & select.POLLIN:
+                # the terminal hung up: nothing will come, do not spin
+                time.sleep_ms(self._poll_ms)
+                break
             if not self._in.readinto(mv[n : n + 1]):
                 break
             n += 1
