@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-import host_sdk.physics as physics
+import host_sdk.physics.linalg as linalg
 from host_sdk.physics import (
     Network,
     forward_adjoint,
@@ -17,7 +17,7 @@ from host_sdk.physics import (
 )
 
 SOLVERS = ["splu", pytest.param("cholespy", marks=pytest.mark.skipif(
-    physics._cholespy() is None, reason="cholespy not installed"))]
+    linalg._cholespy() is None, reason="cholespy not installed"))]
 
 # Central differences with Richardson extrapolation over steps h and 2h: truncation error
 # O(h⁴). With h = 1e-3 of each stiffness, truncation (~1e-12) and the rounding of the solves

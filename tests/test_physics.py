@@ -9,7 +9,8 @@ import pytest
 import scipy.sparse as sp
 from cases import Case, FloppyCase, floppy_cases, rigid_cases
 
-import host_sdk.physics as physics
+import host_sdk.physics.linalg as linalg
+import host_sdk.physics.network as network_module
 from host_sdk.errors import FloppyNetworkError, PhysicsError
 from host_sdk.physics import (
     Factor,
@@ -23,7 +24,7 @@ from host_sdk.physics import (
 )
 
 SOLVERS = ["splu", pytest.param("cholespy", marks=pytest.mark.skipif(
-    physics._cholespy() is None, reason="cholespy not installed"))]
+    linalg._cholespy() is None, reason="cholespy not installed"))]
 
 
 def _random_lattice(rows: int, cols: int, seed: int) -> tuple[Network, np.ndarray]:
@@ -280,7 +281,7 @@ def test_without_bonds() -> None:
 def test_floppy_networks_name_the_moving_nodes(
     case: FloppyCase, dense: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(physics, "DENSE_RIGIDITY_LIMIT", 10**6 if dense else 0)
+    monkeypatch.setattr(network_module, "DENSE_RIGIDITY_LIMIT", 10**6 if dense else 0)
     net = Network(case.network.positions, case.network.bonds, case.network.fixed, name=case.name)
     with pytest.raises(FloppyNetworkError) as info:
         net.check_rigid()
@@ -303,7 +304,7 @@ def test_singular_matrix_rejected_by_factor(solver: str) -> None:
 
 
 def test_sparse_rigidity_check_passes_rigid_lattice(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(physics, "DENSE_RIGIDITY_LIMIT", 0)
+    monkeypatch.setattr(network_module, "DENSE_RIGIDITY_LIMIT", 0)
     net = triangular_lattice(25, 25, pinned="corners", disorder=0.1, seed=1)
     net.check_rigid()
     net.check_rigid(np.random.default_rng(0).uniform(50, 250, net.n_bonds))
