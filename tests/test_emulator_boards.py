@@ -216,3 +216,24 @@ def test_bad_options_are_refused() -> None:
         EmulatedRig("")
     with pytest.raises(ConfigError, match="curvature"):
         ActuatorSpec(curvature=2.0)
+
+
+def test_a_kept_flash_directory_carries_boards_across_emulator_runs(tmp_path: Any) -> None:
+    flash = str(tmp_path / "flash")
+    with EmulatedRig(PAPER, noiseless=True, flash_dir=flash) as emu:
+        boards = Boards(emu)
+        try:
+            boards(2, C.SET_STIFFNESS, {"k": [105.0, 165.5]})
+            boots = boards(2, C.HELLO)["boots"]
+        finally:
+            boards.close()
+    assert os.path.isdir(os.path.join(flash, "board-2"))  # kept after stop
+    with EmulatedRig(PAPER, noiseless=True, flash_dir=flash) as emu:
+        boards = Boards(emu)
+        try:
+            assert boards(2, C.HELLO)["boots"] == boots + 1
+            assert boards(2, C.READ_BONDS)["k"] == [105.0, 165.5]  # not re-provisioned to k0
+            bonds = list(PAPER.board(2).bonds)
+            np.testing.assert_allclose(emu.world.stiffness()[bonds], [105.0, 165.5])
+        finally:
+            boards.close()
