@@ -237,3 +237,23 @@ def test_a_kept_flash_directory_carries_boards_across_emulator_runs(tmp_path: An
             np.testing.assert_allclose(emu.world.stiffness()[bonds], [105.0, 165.5])
         finally:
             boards.close()
+
+
+def test_stop_leaks_no_descriptors_threads_or_names() -> None:
+    import gc
+    import threading
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    EmulatedRig(PAPER, pty=True).stop()
+    gc.collect()
+    before = (fds(), threading.active_count())
+    for kw in ({}, {"pty": True}):
+        emu = EmulatedRig(PAPER, **kw)  # type: ignore[arg-type]
+        assert len(emu.ports) == 14
+        emu.stop()
+        emu.stop()  # idempotent
+    gc.collect()
+    assert (fds(), threading.active_count()) == before
+    assert not [n for n in endpoint_names() if n.startswith("paper/")]

@@ -167,6 +167,19 @@ def test_blank_board_takes_a_deploy_through_mpremote_and_boots_it(tmp_path: Any)
         assert hello["configured"] is False  # blank boards are deployed to, not configured
 
 
+def test_stop_kills_every_process_and_closes_every_descriptor() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    emu = EmulatedRig(PAPER, micropython=True)
+    pids = [p.proc.pid for p in emu.processes.values() if p.proc is not None]
+    assert len(pids) == 14 and all(emu.board_running(a) for a in emu.addresses)
+    emu.stop()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert not any(os.path.exists(p) for p in emu.paths.values())
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # already reaped by stop()
+
+
 def _children(pid: int) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
