@@ -173,6 +173,7 @@ def configure(srv, a):
     if dg is not None:
         node.disp_gain[0] = dg[0]
         node.disp_gain[1] = dg[1]
+    node.retune()
     node.node_id = nid
     node.configured = True
     if addr >= 0:

@@ -48,11 +48,12 @@ class Node:
         self.t = 0
         self.opt = _floats(2, 1.0)
         self.last_step = -1
-        # displacement sensor calibration (m per count), tare, and the last sampled value
+        # displacement sensor calibration (m per count), tare, and the raw sums of the last
+        # SAMPLE (converted only when READ_OUTPUT asks, so sampling allocates no floats for it)
         self.disp_gain = _floats(2, 1.0)
         self.disp_zero = _floats(2, 0.0)
-        self.u = _floats(2, 0.0)
-        self.u_valid = False
+        self.u_sum = array("i", [0, 0])
+        self.u_n = 0
         self.seen = bytearray(MAX_SAMPLE // 8)
         self.unsettled = 0
         self.orphans = 0
@@ -95,8 +96,14 @@ class Node:
         self.cur = array("i", [0] * w)
         self.prev = array("i", [0] * w)
         self.thr = array("i", [0] * w)
+        self.retune()
         self.reset_opt()
         self.clear_acc(self.last_step)
+
+    def retune(self):
+        # forget the settle thresholds (after the gains change)
+        self.thr_n = 0
+        self.thr_tol = 0.0
 
     def reset_opt(self):
         self.t = 0
@@ -145,11 +152,14 @@ class Node:
         nb = self.nb
         w = nb + self.nd
         thr = self.thr
-        # |mean - prev mean| * |gain| < tol  <=>  |sum - prev sum| < tol * n / |gain|
-        for i in range(nb):
-            thr[i] = _thr(tol * n / abs(self.gain[i]))
-        for j in range(self.nd):
-            thr[nb + j] = _thr(tol * n / abs(self.disp_gain[j]))
+        if n != self.thr_n or tol != self.thr_tol:
+            # |mean - prev mean| * |gain| < tol  <=>  |sum - prev sum| < tol * n / |gain|
+            for i in range(nb):
+                thr[i] = _thr(tol * n / abs(self.gain[i]))
+            for j in range(self.nd):
+                thr[nb + j] = _thr(tol * n / abs(self.disp_gain[j]))
+            self.thr_n = n
+            self.thr_tol = tol
         rounds = timeout_ms // (period_ms if period_ms > 0 else 1) + 2
         if rounds > MAX_ROUNDS:
             rounds = MAX_ROUNDS
@@ -184,10 +194,9 @@ class Node:
         if not settled:
             self.unsettled += 1
         if self.nd:
-            s = self.cur
-            self.u[0] = self.disp_gain[0] * (s[nb] / n - self.disp_zero[0])
-            self.u[1] = self.disp_gain[1] * (s[nb + 1] / n - self.disp_zero[1])
-            self.u_valid = True
+            self.u_sum[0] = cur[nb]
+            self.u_sum[1] = cur[nb + 1]
+            self.u_n = n
 
     def tare(self, n):
         # zero = mean raw reading of every channel, with no load applied
@@ -204,15 +213,18 @@ class Node:
         if not self.has_disp:
             raise CmdError(NOT_CAPABLE, "board has no displacement sensor")
         if n == 0:
-            if not self.u_valid:
+            n = self.u_n
+            if not n:
                 raise CmdError(BAD_STATE, "no SAMPLE yet: ask for n >= 1 readings")
-            return self.u[0], self.u[1]
-        sx = 0
-        sy = 0
-        for _ in range(n):
-            x, y = self.hal.read_disp()
-            sx += x
-            sy += y
+            sx = self.u_sum[0]
+            sy = self.u_sum[1]
+        else:
+            sx = 0
+            sy = 0
+            for _ in range(n):
+                x, y = self.hal.read_disp()
+                sx += x
+                sy += y
         g = self.disp_gain
         z = self.disp_zero
         return g[0] * (sx / n - z[0]), g[1] * (sy / n - z[1])
@@ -242,16 +254,21 @@ class Node:
         self.measure(n, tol, timeout_ms, period_ms)
         s = self.cur
         nb = self.nb
+        settled = self.settled
+        s_fwd = self.s_fwd
+        s_adj = self.s_adj
+        acc = self.acc
         for i in range(nb):
             e = self.gain[i] * (s[i] / n - self.zero[i])
+            sf = s_fwd[i]
             if incremental:
-                e = e - self.s_fwd[i]
-            self.s_adj[i] = e
-        if not self.settled:
+                e = e - sf
+            s_adj[i] = e
+            if settled:
+                acc[i] = acc[i] + sf * s_adj[i] / alpha
+        if not settled:
             # the FWD stays valid: the host may repeat the ADJ
             return
-        for i in range(nb):
-            self.acc[i] = self.acc[i] + self.s_fwd[i] * self.s_adj[i] / alpha
         self.count += 1
         self.seen[sample >> 3] |= 1 << (sample & 7)
         self.fwd_sample = -1
