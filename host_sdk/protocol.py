@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]
 
 from host_sdk.errors import NodeError, ProtocolError
 
@@ -130,7 +130,8 @@ class Reply:
     def check(self) -> dict[str, Any]:
         """Return the result map, or raise :class:`NodeError` for an error reply."""
         if self.ok:
-            return self.result  # type: ignore[no-any-return]
+            result: dict[str, Any] = self.result
+            return result
         try:
             name = Status(self.status).name
         except ValueError:
@@ -341,9 +342,10 @@ def pack(obj: Any) -> bytes:
     plain = _canonical(obj)
     _check_plain(plain)
     try:
-        return msgpack.packb(plain, use_bin_type=True, use_single_float=True)
+        data: bytes = msgpack.packb(plain, use_bin_type=True, use_single_float=True)
     except (TypeError, ValueError, OverflowError) as e:
         raise ProtocolError(f"cannot encode message: {e}") from e
+    return data
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
@@ -418,7 +420,7 @@ def encode_request(seq: int, address: int, command: int, args: dict[str, Any] | 
     """
     seq = _check_uint(seq, "seq", MAX_SEQ)
     address = _check_uint(address, "address", BROADCAST)
-    command = _check_uint(int(command), "command", 0xFFFF)
+    command = _check_uint(command, "command", 0xFFFFFFFF)
     if args is None:
         args = {}
     if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
@@ -431,7 +433,7 @@ def decode_request(payload: bytes) -> Request:
     msg = _message(payload, "request")
     seq = _check_uint(msg[1], "seq", MAX_SEQ)
     address = _check_uint(msg[2], "address", BROADCAST)
-    command = _check_uint(msg[3], "command", 2**64 - 1)
+    command = _check_uint(msg[3], "command", 0xFFFFFFFF)
     args = msg[4]
     if not isinstance(args, dict) or not all(isinstance(k, str) for k in args):
         raise ProtocolError("request args must be a map with string keys")
@@ -445,7 +447,7 @@ def encode_reply(seq: int, address: int, status: int, result: Any) -> bytes:
     """
     seq = _check_uint(seq, "seq", MAX_SEQ)
     address = _check_uint(address, "address", BROADCAST - 1)
-    status = _check_uint(int(status), "status", 0x7F)
+    status = _check_uint(status, "status", 0x7F)
     if status == Status.OK and not isinstance(result, dict):
         raise ProtocolError("an OK reply carries a result map")
     if status != Status.OK and not isinstance(result, str):

@@ -110,3 +110,60 @@ def test_firmware_codec_under_micropython() -> None:
     results = run_case("golden", str(GOLDEN))
     assert [r for r in results if r[1] != "ok"] == []
     assert len(results) == len(VECTORS)
+
+
+# -- host codec edge cases ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "match"),
+    [
+        (P.pack({"a": 1}), "5-element"),
+        (P.pack([1, 2, 3, 0]), "5-element"),
+        (P.pack([2, 1, 3, 0, {}]), "version"),
+        (P.pack([True, 1, 3, 0, {}]), "version"),
+        (P.pack([1, -1, 3, 0, {}]), "seq"),
+        (P.pack([1, 1, 255, 0, {}]), "address"),
+        (P.pack([1, 1, 3, 0, "x"]), "result map"),
+        (P.pack([1, 1, 3, 3, {}]), "message"),
+        (b"\x95\x01\x01\x03\x00\xd4\x05\x00", "ext type"),
+        (b"\x95\x01\x01\x03\x00\x80\x00", "bad msgpack"),
+        (b"\xc1", "bad msgpack"),
+    ],
+)
+def test_decode_reply_rejects(payload: bytes, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        P.decode_reply(payload)
+
+
+def test_reply_status_and_check() -> None:
+    rep = P.decode_reply(P.pack([1, 4, 2, 9, "from a newer board"]))
+    assert rep.status == 9 and not isinstance(rep.status, P.Status) and not rep.ok
+    ok = P.decode_reply(P.pack([1, 4, 2, 0, {"a": 1}]))
+    assert ok.status is P.Status.OK and ok.check() == {"a": 1}
+    from host_sdk.errors import NodeError
+
+    with pytest.raises(NodeError, match="board 2: BAD_STATE: nope") as info:
+        P.decode_reply(P.pack([1, 4, 2, 4, "nope"])).check()
+    assert (info.value.status, info.value.address) == (4, 2)
+
+
+def test_encode_request_checks_and_numpy() -> None:
+    np = pytest.importorskip("numpy")
+    wire = P.encode_request(3, 1, P.Command.SET_STIFFNESS, {"k": np.array([1.5, 2.5], dtype=np.float32),
+                                                            "n": np.int64(4)})
+    req = P.decode_request(P.decode_frame(wire))
+    assert req.args == {"k": [1.5, 2.5], "n": 4}
+    for bad in ((-1, 1, 1), (2**32, 1, 1), (1, 256, 1), (1, 1, "x")):
+        with pytest.raises(ProtocolError):
+            P.encode_request(*bad)  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="string keys"):
+        P.encode_request(1, 1, 1, {1: 2})  # type: ignore[dict-item]
+    with pytest.raises(ProtocolError, match="cannot encode"):
+        P.encode_request(1, 1, 1, {"x": object()})
+    with pytest.raises(ProtocolError, match="nested"):
+        P.encode_request(1, 1, 1, {"x": [[[[[[]]]]]]})
+    with pytest.raises(ProtocolError, match="MAX_ITEMS"):
+        P.encode_request(1, 1, 1, {"x": [0] * 256})
+    # past the float32 range: +-inf, as the board's C cast does
+    assert P.decode_request(P.decode_frame(P.encode_request(1, 1, 1, {"x": -1e39}))).args == {"x": -math.inf}
