@@ -298,7 +298,7 @@ tables = st.lists(
 ).map(lambda pts: sorted(pts))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(table=tables, ks=st.lists(st.floats(0, 2e4, width=32), min_size=1, max_size=8))
 def test_actuator_command_stays_in_the_table_range(
     table: list[tuple[float, float]], ks: list[float]

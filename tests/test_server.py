@@ -274,7 +274,7 @@ def test_store_damage_falls_back(tmp_path: Path) -> None:
     assert b3.srv.node.bonds == [] and b3.ok(Cmd.STATUS)["store_errors"] == 1
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(allow_nan=True, allow_infinity=True) | st.integers(-5, 500), min_size=3, max_size=3))
 def test_actuator_commands_stay_in_range_whatever_arrives(ks: list[float]) -> None:
     import tempfile
