@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
           f"BLAS threads {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}")
     header = (f"{'bonds':>9} {'free DOFs':>9} {'solver':>8} {'step s':>8} {'asm %':>6} "
               f"{'fact %':>6} {'solve %':>7} {'F+2S s':>8} {'step/(F+2S)':>11} {'<=1.5x':>6} "
-              f"{'spsolve s':>10} {'speed-up':>8}")
+              f"{'spsolve s':>10} {'speed-up':>8} {'runs':>4}")
     print(header)
     for target in SIZES:
         if target > args.max_bonds:
@@ -124,29 +124,47 @@ def main(argv: list[str] | None = None) -> int:
         est = "" if sp_runs == bsz else "~"
 
         for solver in solvers:
-            factor_box: list[Factor] = []
-            t_fact = timed(lambda: factor_box.append(Factor(kmat, solver=solver)), args.budget)
-            fac = factor_box[-1]
-            factor_box.clear()
-            t_solve = timed(lambda: fac.solve_free(rhs), args.budget)
-            del fac
 
             def step() -> None:
                 forward_adjoint(net, None, forces, outputs, adjoint,
                                 factor=net.factorize(k, solver=solver))
 
-            step()
-            t_step = timed(step, args.budget)
+            step()  # warm-up: caches, imports
+            # Interleave the parts and the whole in every repetition so that a change in the
+            # machine's load affects both sides of the ratio alike.
+            fact_t, solve_t, step_t, ratio_t = [], [], [], []
+            start = time.perf_counter()
+            while True:
+                t0 = time.perf_counter()
+                fac = Factor(kmat, solver=solver)
+                t1 = time.perf_counter()
+                fac.solve_free(rhs)
+                fac.solve_free(rhs)
+                t2 = time.perf_counter()
+                del fac
+                step()
+                t3 = time.perf_counter()
+                fact_t.append(t1 - t0)
+                solve_t.append((t2 - t1) / 2.0)
+                step_t.append(t3 - t2)
+                ratio_t.append((t3 - t2) / (t2 - t0))
+                elapsed = time.perf_counter() - start
+                if len(step_t) >= 25 or elapsed + (t3 - t0) > args.budget:
+                    break
+            t_fact = statistics.median(fact_t)
+            t_solve = statistics.median(solve_t)
+            t_step = statistics.median(step_t)
             core = t_fact + 2.0 * t_solve
-            ratio = t_step / core
+            ratio = statistics.median(ratio_t)
             print(f"{net.n_bonds:>9} {net.n_free:>9} {solver:>8} {t_step:>8.4f} "
                   f"{100 * t_asm / t_step:>6.1f} {100 * t_fact / t_step:>6.1f} "
                   f"{100 * 2 * t_solve / t_step:>7.1f} {core:>8.4f} {ratio:>11.2f} "
                   f"{'yes' if ratio <= 1.5 else 'NO':>6} {est + format(t_spsolve, '.3f'):>10} "
-                  f"{t_spsolve / t_step:>8.1f}", flush=True)
+                  f"{t_spsolve / t_step:>8.1f} {len(step_t):>4}", flush=True)
     print("# step = forward_adjoint with a fresh factorisation (assembly included); F+2S = one "
-          "factorisation + two batch solves measured alone; spsolve = assembly + 2*batch "
-          "per-sample spsolve calls ('~' = estimated from a few calls)")
+          "factorisation + two batch solves measured alone, interleaved with the steps; "
+          "step/(F+2S) = median of per-run ratios; spsolve = assembly + 2*batch per-sample "
+          "spsolve calls ('~' = estimated from a few calls); times are medians")
     return 0
 
 
