@@ -186,11 +186,12 @@ def test_compatibility_and_rigid_motions() -> None:
         net.dof(0, 2)
 
 
-def test_factor_solve_free_and_reuse_checks() -> None:
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_factor_solve_free_and_reuse_checks(solver: str) -> None:
     setup = paper_network()
     net, k = setup.network, np.full(28, setup.k0)
-    fac = net.factorize(k)
-    assert isinstance(fac, Factor) and fac.n_free == 24 and fac.solver == "splu"
+    fac = net.factorize(k, solver=solver)
+    assert isinstance(fac, Factor) and fac.n_free == 24 and fac.solver == solver
     rhs = np.random.default_rng(0).normal(size=(24, 3))
     x = fac.solve_free(rhs)
     np.testing.assert_allclose(net.stiffness_matrix(k) @ x, rhs, atol=1e-12)
@@ -393,6 +394,17 @@ def test_forward_adjoint_rejects_bad_input() -> None:
         forward_adjoint(net, k, f, [(12, 1)], lambda y: np.zeros((1, 3)))
     with pytest.raises(PhysicsError, match="NaN"):
         forward_adjoint(net, k, f, [(12, 1)], lambda y: y * np.nan)
+    with pytest.raises(PhysicsError, match="non-numeric"):
+        forward_adjoint(net, k, f, [(12, 1)], lambda y: [["x"]])
+
+    class LossFailure(ValueError):
+        pass
+
+    def failing(y: np.ndarray) -> np.ndarray:
+        raise LossFailure("target missing")
+
+    with pytest.raises(LossFailure, match="target missing"):
+        forward_adjoint(net, k, f, [(12, 1)], failing)
     with pytest.raises(PhysicsError, match=r"\(B, 14, 2\)"):
         forward_adjoint(net, k, f[0], [(12, 1)], ok)
     with pytest.raises(PhysicsError, match="shapes"):

@@ -98,11 +98,10 @@ def forward_adjoint(
     rhs = f.reshape(bsz, 2 * net.n_nodes)[:, net.free_dofs].T
     x = fac.solve_free(rhs)  # (n_free, B)
     y = np.ascontiguousarray(x[out_free, :].T)
+    returned = adjoint_fn(y.copy())  # errors raised by the loss itself propagate unchanged
     try:
-        adj = np.asarray(adjoint_fn(y.copy()), dtype=np.float64)
+        adj = np.asarray(returned, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        if isinstance(e, PhysicsError):
-            raise
         raise PhysicsError(f"adjoint_fn returned a non-numeric value: {e}") from e
     if adj.shape != y.shape:
         raise PhysicsError(f"adjoint_fn returned shape {adj.shape}, expected {y.shape}")
