@@ -284,6 +284,14 @@ def test_tare_and_read_output(tmp_path: Path) -> None:
     assert st == C.OK
     assert r["ux"] == f32(f32(fc.DISP_GAIN[0]) * 30.0)
     assert r["uy"] == f32(f32(fc.DISP_GAIN[1]) * 40.0)
+    assert r["settled"] is True
+    # settling read: rounds of n readings until steady, then n = 0 repeats that value
+    hal.disp_level = [160, 0]
+    st, r = cl.call(C.READ_OUTPUT, {"n": 2, "tol": 1e-9, "timeout_ms": 100})
+    assert st == C.OK and r["settled"] is True
+    assert r["ux"] == f32(f32(fc.DISP_GAIN[0]) * 60.0) and r["uy"] == f32(f32(fc.DISP_GAIN[1]) * 50.0)
+    assert cl.call(C.READ_OUTPUT, {"n": 0})[1] == r
+    assert cl.call(C.READ_OUTPUT, {"n": 0, "tol": 1e-9})[0] == C.BAD_ARGS
     fresh = Server(FakeHal(str(tmp_path / "x")))
     assert Client(fresh).call(C.READ_OUTPUT, {})[0] == C.BAD_STATE  # nothing sampled yet
     nodisp = Server(FakeHal(str(tmp_path / "y"), disp=False))

@@ -233,10 +233,16 @@ def sample(srv, a):
 
 
 def read_output(srv, a):
-    check_keys(a, ("n",))
+    check_keys(a, ("n", "tol", "timeout_ms", "period_ms"))
     n = get_int(a, "n", 0, MAX_N, 0)
-    ux, uy = srv.node.read_output(n)
-    return {"ux": ux, "uy": uy}
+    tol = get_float(a, "tol", 0.0, BIG, 0.0)
+    timeout = get_int(a, "timeout_ms", 0, MAX_TIMEOUT_MS, 1000)
+    period = get_int(a, "period_ms", 0, MAX_PERIOD_MS, 5)
+    if tol > 0.0 and n == 0:
+        raise bad("settling (tol > 0) needs n >= 1")
+    node = srv.node
+    ux, uy = node.read_output(n, tol, timeout, period)
+    return {"ux": ux, "uy": uy, "settled": node.settled if n == 0 or tol > 0.0 else True}
 
 
 def read_bonds(srv, a):

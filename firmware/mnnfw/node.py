@@ -127,27 +127,28 @@ class Node:
 
     # -- measurement ---------------------------------------------------------------------
 
-    def _read(self, s, n):
-        # sum n readings of every strain channel (and the displacement axes) into s
+    def _read(self, s, n, lo=0):
+        # sum n readings of the strain channels from bond lo on (lo = nb: none) and of the
+        # displacement axes into s
         hal = self.hal
         ch = self.ch
         nb = self.nb
         w = nb + self.nd
-        for i in range(w):
+        for i in range(lo, w):
             s[i] = 0
         for _ in range(n):
-            for i in range(nb):
+            for i in range(lo, nb):
                 s[i] += hal.read_strain(ch[i])
             if w > nb:
                 x, y = hal.read_disp()
                 s[nb] += x
                 s[nb + 1] += y
 
-    def measure(self, n, tol, timeout_ms, period_ms):
+    def measure(self, n, tol, timeout_ms, period_ms, lo=0):
         # Rounds of n readings per channel until two successive round means differ by less
         # than tol metres on every channel (settled) or timeout_ms has passed (not settled).
         # The round count is bounded too, so a stuck clock cannot hang the board. The last
-        # round's sums stay in self.cur.
+        # round's sums stay in self.cur. lo = nb measures the displacement sensor alone.
         hal = self.hal
         nb = self.nb
         w = nb + self.nd
@@ -169,11 +170,11 @@ class Node:
         settled = False
         r = 0
         while True:
-            self._read(cur, n)
+            self._read(cur, n, lo)
             r += 1
             if r > 1:
                 settled = True
-                for i in range(w):
+                for i in range(lo, w):
                     d = cur[i] - prev[i]
                     if d < 0:
                         d = -d
@@ -208,10 +209,14 @@ class Node:
         for j in range(self.nd):
             self.disp_zero[j] = s[nb + j] / n
 
-    def read_output(self, n):
-        # node displacement (m): n fresh readings, or (n = 0) the value of the last SAMPLE
+    def read_output(self, n, tol, timeout_ms, period_ms):
+        # node displacement (m): the last settled measurement (n = 0), n fresh readings
+        # (tol = 0), or n readings per round once they have settled to tol
         if not self.has_disp:
             raise CmdError(NOT_CAPABLE, "board has no displacement sensor")
+        if n and tol > 0.0:
+            self.measure(n, tol, timeout_ms, period_ms, self.nb)
+            n = 0
         if n == 0:
             n = self.u_n
             if not n:
