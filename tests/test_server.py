@@ -331,6 +331,35 @@ def test_serving_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, last: int
     assert hal.resets == (1 if last == Cmd.REBOOT else 0)
 
 
+class FlakyHal(SerialHal):
+    """Serial errors: the first read and the first write raise OSError."""
+
+    def __init__(self, flash: str, incoming: bytes) -> None:
+        super().__init__(flash, incoming)
+        self.read_fail = self.write_fail = True
+
+    def read(self, buf: bytearray) -> int:
+        if self.read_fail:
+            self.read_fail = False
+            raise OSError("USB")
+        return super().read(buf)
+
+    def write(self, data: bytes) -> None:
+        if self.write_fail:
+            self.write_fail = False
+            raise OSError("USB")
+        super().write(data)
+
+
+def test_serving_loop_survives_serial_errors(tmp_path: Path) -> None:
+    script = P.encode_request(1, 0, Cmd.HELLO) + P.encode_request(2, 0, Cmd.STATUS) + P.encode_request(3, 0, Cmd.REPL)
+    hal = FlakyHal(str(tmp_path), script)
+    srv = Server(hal)
+    fwloop.run(hal, srv)
+    # the first reply was lost in the failed write; the board kept serving
+    assert [P.decode_reply(p).seq for p in P.Deframer().feed(hal.written)] == [2, 3]
+
+
 FAKE_HAL_MODULE = '''
 import sys
 sys.path.append(TESTS)

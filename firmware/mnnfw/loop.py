@@ -11,12 +11,23 @@ def run(hal, server):
     kbd_intr(-1)
     try:
         while True:
-            n = hal.read(buf)
+            try:
+                n = hal.read(buf)
+            except OSError:
+                # a serial hiccup (USB re-enumeration): the host retries what was lost
+                continue
             if not n:
                 continue
-            out = server.feed(mv[:n])
+            try:
+                out = server.feed(mv[:n])
+            except MemoryError:
+                # out of heap in the middle of a frame: that frame is lost, the host retries it
+                continue
             if out:
-                hal.write(out)
+                try:
+                    hal.write(out)
+                except OSError:
+                    pass
             if server.want_repl:
                 return
             if server.want_reboot:
