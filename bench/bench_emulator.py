@@ -60,7 +60,7 @@ def rate(fn: Callable[[], object], budget: float) -> float:
 
 def median_time(fn: Callable[[], object], budget: float, max_runs: int = 50) -> float:
     """Median seconds of ``fn`` over as many runs as fit in ``budget``."""
-    times = []
+    times: list[float] = []
     start = time.perf_counter()
     while len(times) < max_runs and (not times or time.perf_counter() - start < budget):
         t0 = time.perf_counter()

@@ -148,7 +148,8 @@ def test_stiffness_actuator_curve_resolution_and_saturation() -> None:
 
 def test_force_actuator_resolution_and_range() -> None:
     w = _world(actuators=ActuatorSpec(force_max=0.1, force_resolution=1e-4))
-    assert w.set_force(NODE13, 0.01234, -0.5) == (pytest.approx(0.0123), -0.1)
+    fx, fy = w.set_force(NODE13, 0.01234, -0.5)
+    assert fx == pytest.approx(0.0123, rel=1e-12) and fy == -0.1
     np.testing.assert_allclose(w.loads()[NODE13], [0.0123, -0.1], rtol=1e-12)
     wi = _world(actuators=ActuatorSpec().ideal())
     assert wi.set_force(NODE13, 0.012345678, 0.0) == (0.012345678, 0.0)

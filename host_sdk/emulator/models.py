@@ -96,7 +96,7 @@ class AdcSpec:
     @property
     def full_scale(self) -> float:
         """Largest length (m) the nominal gain can report before the counts clip."""
-        return self.gain * (2 ** (self.bits - 1) - 1)
+        return float(self.gain * (2 ** (self.bits - 1) - 1))
 
     def noiseless(self) -> AdcSpec:
         """The same ADC with exact gain, no offset and no noise (still integer counts)."""
@@ -272,7 +272,7 @@ class AdcChannel:
         self._stuck: int | None = None
         self._stick_next = False
         self._saturated = 0
-        self._last = 0
+        self._last: int = 0
 
     @property
     def limits(self) -> tuple[int, int]:
@@ -281,14 +281,15 @@ class AdcChannel:
 
     def counts(self, length: float) -> int:
         """The reading for ``length`` metres (one noise draw when the channel is noisy)."""
-        x = length / self.true_gain + self.offset
+        x: float = length / self.true_gain + self.offset
         if self.noise > 0.0:
             if self._next >= len(self._normals):
                 # a block of draws is the same sequence as as many single draws
                 self._normals = self._noise_rng.standard_normal(_NOISE_BLOCK).tolist()
                 self._next = 0
-            x += self.noise * self._normals[self._next]
+            x += self.noise * float(self._normals[self._next])
             self._next += 1
+        c: int
         if x != x or x in (math.inf, -math.inf):
             c = self._hi if x > 0 else self._lo
         else:

@@ -93,7 +93,7 @@ class PtyBridge:
             for sk, events in self._sel.select(timeout=1.0):
                 if sk.data is None:
                     return
-                fd = int(sk.fd)  # type: ignore[arg-type]
+                fd = int(sk.fd)
                 if events & selectors.EVENT_READ:
                     try:
                         data = os.read(fd, 4096)

@@ -358,7 +358,12 @@ class EmulatedRig:
         self._supervisor = Supervisor(self.processes)
         self._supervisor.start()
         procs = list(self.processes.values())
-        self._supervisor.call(lambda: [p.start() for p in procs] and None)
+
+        def start_all() -> None:
+            for proc in procs:
+                proc.start()
+
+        self._supervisor.call(start_all)
         if self.blank:
             return
         for address, proc in self.processes.items():
