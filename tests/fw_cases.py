@@ -377,7 +377,7 @@ def rand_value(r, depth):
     return d
 
 
-def rand_frame(r, good):
+def rand_frame(r, good, addr):
     kind = r.below(6)
     if kind == 0:
         # random bytes, sometimes with delimiters
@@ -396,7 +396,8 @@ def rand_frame(r, good):
             return bytes(framing.encode_frame(mpack.pack(rand_value(r, 0))))
         except ValueError:
             return b"\x00"
-    # a valid frame with a well-formed request to this board and random args
+    # a valid frame with a well-formed request to this board (wherever a random CONFIGURE
+    # moved it) and random args
     ver = 1 if r.below(8) else r.below(4)
     cmd = r.below(15)
     args = rand_value(r, 1) if r.below(8) == 0 else {}
@@ -406,7 +407,7 @@ def rand_frame(r, good):
     if cmd in (C.REPL, C.REBOOT):
         cmd = C.STATUS
     try:
-        return bytes(framing.encode_frame(mpack.pack([ver, r.next(), 0, cmd, args])))
+        return bytes(framing.encode_frame(mpack.pack([ver, r.next(), addr, cmd, args])))
     except ValueError:
         return b"\x00"
 
@@ -434,7 +435,7 @@ def fuzz(count, seed, flash):
     stats = {"frames": 0, "replies": 0, "ok": 0, "errors": 0, "dropped": 0, "changed_on_error": 0, "unserved": 0}
     for _ in range(count):
         before = _state(srv)
-        data = rand_frame(r, good)
+        data = rand_frame(r, good, srv.address)
         out = srv.feed(data) + srv.feed(b"\x00")
         stats["frames"] += 1
         d = framing.Deframer()
