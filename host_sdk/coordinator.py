@@ -205,7 +205,7 @@ class RigSession:
         return k
 
     def read_gradients(self) -> NDArray[np.float64]:
-        """Per-bond accumulated gradient (sum of products / gain) as each board holds it."""
+        """Per-bond batch-mean gradient (accumulated products / gain / count) as each board holds it."""
         g = np.full(self.rig.network.n_bonds, np.nan)
         for spec in self.rig.boards:
             if not spec.bonds:
