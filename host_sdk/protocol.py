@@ -67,6 +67,8 @@ class Command(IntEnum):
     REPL = 11
     DISCARD = 12
     REBOOT = 13
+    READ_RAW = 14
+    SET_ACTUATOR = 15
 
 
 class Status(IntEnum):

@@ -33,6 +33,9 @@ STATUS = const(10)
 REPL = const(11)
 DISCARD = const(12)
 REBOOT = const(13)
+# calibration (docs/protocol.md, READ_RAW and SET_ACTUATOR)
+READ_RAW = const(14)
+SET_ACTUATOR = const(15)
 
 # Reply status codes
 OK = const(0)
@@ -67,6 +70,8 @@ COMMANDS = (
     ("REPL", REPL),
     ("DISCARD", DISCARD),
     ("REBOOT", REBOOT),
+    ("READ_RAW", READ_RAW),
+    ("SET_ACTUATOR", SET_ACTUATOR),
 )
 STATUSES = (
     ("OK", OK),

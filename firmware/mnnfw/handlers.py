@@ -17,6 +17,7 @@ from .args import (
 from .commands import (
     ADAM,
     ADJ,
+    BAD_STATE,
     CONFIGURE,
     DISCARD,
     FWD,
@@ -32,9 +33,11 @@ from .commands import (
     PROTO_VERSION,
     READ_BONDS,
     READ_OUTPUT,
+    READ_RAW,
     REBOOT,
     REPL,
     SAMPLE,
+    SET_ACTUATOR,
     SET_LOAD,
     SET_STIFFNESS,
     SGD,
@@ -43,7 +46,7 @@ from .commands import (
     UPDATE,
     CmdError,
 )
-from .node import K_MAX_DEFAULT, K_MIN_DEFAULT
+from .node import CMD_HI, CMD_LO, K_MAX_DEFAULT, K_MIN_DEFAULT
 
 BIG = 3.4028234663852886e38  # float32 max: the bound of plain float args
 _NONE = ()
@@ -326,6 +329,75 @@ def reboot(srv, a):
     return {}
 
 
+# -- calibration ------------------------------------------------------------------------------
+
+
+def read_raw(srv, a):
+    # raw counts of every owned strain channel and the displacement sensor, summed over n
+    # readings (exact integers; mean = sum / n). n = 0 returns the last READ_RAW measurement.
+    check_keys(a, ("n", "tol", "timeout_ms", "period_ms"))
+    n = get_int(a, "n", 0, MAX_N, 16)
+    tol = get_float(a, "tol", 0.0, BIG, 0.0)
+    timeout = get_int(a, "timeout_ms", 0, MAX_TIMEOUT_MS, 1000)
+    period = get_int(a, "period_ms", 0, MAX_PERIOD_MS, 5)
+    if n == 0:
+        if tol > 0.0:
+            raise bad("settling (tol > 0) needs n >= 1")
+        last = getattr(srv, "raw_last", None)
+        if last is None:
+            raise CmdError(BAD_STATE, "no READ_RAW measurement yet: ask for n >= 1 readings")
+        return last
+    node = srv.node
+    if tol > 0.0:
+        node.measure(n, tol, timeout, period)
+        settled = node.settled
+    else:
+        node._read(node.cur, n)
+        settled = True
+    s = node.cur
+    nb = node.nb
+    r = {"strain": [s[i] for i in range(nb)], "n": n, "settled": settled}
+    if node.has_disp:
+        r["disp"] = [s[nb], s[nb + 1]]
+    srv.raw_last = r
+    return r
+
+
+def _cmd_range(node, i):
+    # the smallest and largest command bond i's actuator may get: its table's, or the default
+    t = node.tables[i]
+    if t is None:
+        return CMD_LO, CMD_HI
+    lo = t[1]
+    hi = t[1]
+    for j in range(3, len(t), 2):
+        if t[j] < lo:
+            lo = t[j]
+        if t[j] > hi:
+            hi = t[j]
+    return lo, hi
+
+
+def set_actuator(srv, a):
+    # drive each owned bond's stiffness actuator to a raw command (calibration sweeps); k is
+    # unchanged and nothing is persisted: the next CONFIGURE, SET_STIFFNESS, UPDATE or boot
+    # drives the table's command for k again
+    check_keys(a, ("cmd",))
+    node = srv.node
+    c = f32_list(a, "cmd", node.nb, -BIG, BIG)
+    if c is None:
+        raise bad("missing arg 'cmd'")
+    for i in range(node.nb):
+        lo, hi = _cmd_range(node, i)
+        if not lo <= c[i] <= hi:
+            raise bad("cmd[%d] = %s outside the actuator range [%s, %s]" % (i, c[i], lo, hi))
+    hal = srv.hal
+    for i in range(node.nb):
+        node.cmd[i] = c[i]
+        hal.set_stiffness_cmd(node.act[i], node.cmd[i])
+    return {}
+
+
 HANDLERS = {
     HELLO: hello,
     CONFIGURE: configure,
@@ -340,7 +412,9 @@ HANDLERS = {
     REPL: repl,
     DISCARD: discard,
     REBOOT: reboot,
+    READ_RAW: read_raw,
+    SET_ACTUATOR: set_actuator,
 }
 
 # commands that name one board's own data: refused when broadcast
-NOT_BROADCAST = (CONFIGURE, SET_STIFFNESS, REPL)
+NOT_BROADCAST = (CONFIGURE, SET_STIFFNESS, REPL, SET_ACTUATOR)
