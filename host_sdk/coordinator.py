@@ -5,16 +5,19 @@ board (refusing a protocol version or firmware hash it does not expect), configu
 from the rig file and notices reboots through the boards' boot counters.
 
 :class:`RigBackend` is the trainer's :class:`~host_sdk.training.Backend` for a rig. Per sample it
-sets the input loads, broadcasts ``SAMPLE FWD``, reads the output displacements, asks the trainer
-for the adjoint forces, applies them scaled by an adjoint gain on top of the input loads and
-broadcasts ``SAMPLE ADJ``. The boards accumulate ``s_fwd * s_adj / gain`` per bond themselves.
+sets the input loads, has every board measure ``SAMPLE FWD`` (one broadcast frame on a bus, an
+addressed frame per USB board; either way a barrier), reads the output displacements, asks the
+trainer for the adjoint forces, applies them scaled by an adjoint gain on top of the input loads
+and has every board measure ``SAMPLE ADJ``. The boards accumulate ``s_fwd * s_adj / gain`` per bond themselves.
 Per batch it sends ``UPDATE`` to every board. Host traffic per sample involves only the input and
 output boards, never the number of bonds.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +136,42 @@ class RigSession:
         """Send one broadcast frame on every port (one frame per bus, one per USB board)."""
         for link in self.links.values():
             link.broadcast(int(command), dict(args or {}))
+
+    def measure(self, args: Mapping[str, Any]) -> int:
+        """Every board takes one SAMPLE measurement; return once all of them have finished.
+
+        The loads must not change while any board is still measuring, so this is a barrier.
+        A port with one board gets an addressed SAMPLE, and its reply marks the end; such
+        ports are served in parallel when they are real serial ports (in-process emulated
+        boards run synchronously anyway). A port shared by several boards (a bus) gets one
+        broadcast frame; a real bus then waits ``timeout_ms``, the longest any board may
+        measure. Returns the number of boards that reported an unsettled measurement.
+        """
+        single: list[tuple[int, Link]] = []
+        on_port: dict[str, list[int]] = {}
+        for address, state in self.boards.items():
+            on_port.setdefault(state.url, []).append(address)
+        wait = 0.0
+        for url, addresses in on_port.items():
+            if len(addresses) == 1:
+                single.append((addresses[0], self.links[url]))
+            else:
+                self.links[url].broadcast(int(Command.SAMPLE), dict(args))
+                if not url.startswith("emu://"):
+                    wait = max(wait, float(args.get("timeout_ms", 0)) / 1000.0)
+
+        def one(item: tuple[int, Link]) -> dict[str, Any]:
+            address, link = item
+            return link.request(address, int(Command.SAMPLE), dict(args))
+
+        if any(not link.url.startswith("emu://") for _, link in single) and len(single) > 1:
+            with ThreadPoolExecutor(max_workers=min(32, len(single))) as pool:
+                replies = list(pool.map(one, single))
+        else:
+            replies = [one(item) for item in single]
+        if wait:
+            time.sleep(wait)
+        return sum(1 for r in replies if not r.get("settled", True))
 
     def wire_bytes(self) -> int:
         """Bytes sent and received on all links so far."""
@@ -341,7 +380,7 @@ class RigBackend:
         if phase == protocol.Phase.ADJ:
             args["gain"] = gain
             args["incremental"] = self.sampling.incremental
-        self.session.broadcast(Command.SAMPLE, args)
+        self.unsettled += self.session.measure(args)
 
     def _input_forces(self, inputs: NDArray[np.float64]) -> NDArray[np.float64]:
         return np.asarray(inputs, dtype=float).reshape(len(inputs), -1)
