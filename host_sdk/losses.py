@@ -88,16 +88,14 @@ def _labels(target: ArrayLike | None, batch: int, n_classes: int) -> NDArray[np.
     arr = np.asarray(target)
     if arr.shape != (batch,):
         raise ConfigError(f"class labels must have shape ({batch},), got {arr.shape}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        as_float = arr.astype(np.float64)
+    if arr.dtype.kind not in "iu":
+        as_float = arr.astype(np.float64) if arr.dtype.kind in "fb" else np.full(arr.shape, np.nan)
         if not np.all(np.isfinite(as_float)) or np.any(as_float != np.round(as_float)):
             raise ConfigError(f"class labels must be integers, got dtype {arr.dtype}")
     labels = arr.astype(np.intp)
-    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
-    if bad.size:
-        raise ConfigError(
-            f"class label {int(labels[bad[0]])} at sample {int(bad[0])} is outside 0..{n_classes - 1}"
-        )
+    if batch and (labels.min() < 0 or labels.max() >= n_classes):
+        b = int(np.flatnonzero((labels < 0) | (labels >= n_classes))[0])
+        raise ConfigError(f"class label {int(labels[b])} at sample {b} is outside 0..{n_classes - 1}")
     return labels
 
 

@@ -336,7 +336,7 @@ def _regression(name: str) -> Task:
         network=setup.network, k0=setup.k0, k_min=setup.k_min, k_max=setup.k_max,
         io=setup.io["regression"], loss=MSE(), metric="relative_error", features=x,
         targets=targets, test_fraction=0.3, batch_size=16, epochs=5000,
-        optimiser=OptimiserConfig("adam", lr=0.5, eps=1e-16), setup=setup,
+        optimiser=OptimiserConfig("adam", lr=2.0, eps=1e-16), setup=setup,
     )
 
 

@@ -146,6 +146,8 @@ class SimBackend:
                 if not (0 <= int(node) < n) or int(axis) not in (0, 1):
                     raise ConfigError(f"{what} dof ({node}, {axis}) is not on a {n}-node network")
         self._in_dofs = np.array([2 * int(nd) + int(ax) for nd, ax in io.inputs], dtype=np.intp)
+        self._in_unique = np.unique(self._in_dofs).size == self._in_dofs.size
+        self._out_flat = np.array([2 * int(nd) + int(ax) for nd, ax in io.outputs], dtype=np.intp)
         self._out_dofs = tuple((int(nd), int(ax)) for nd, ax in io.outputs)
         k_start = np.broadcast_to(np.asarray(k0, dtype=np.float64), (self.n_bonds,)).copy()
         self._opt = Optimiser(optimiser, k_start, self.k_min, self.k_max)
@@ -164,8 +166,10 @@ class SimBackend:
         if not np.all(np.isfinite(x)):
             raise ConfigError(f"inputs of shape {x.shape} contain NaN or infinity")
         flat = np.zeros((x.shape[0], 2 * int(self.network.n_nodes)))
-        for col, dof in enumerate(self._in_dofs):
-            flat[:, dof] += x[:, col]
+        if self._in_unique:
+            flat[:, self._in_dofs] = x
+        else:
+            np.add.at(flat, (slice(None), self._in_dofs), x)
         return flat.reshape(x.shape[0], -1, 2)
 
     def train_batch(self, step: int, inputs: Array, adjoint: AdjointFn) -> Array:
@@ -180,7 +184,9 @@ class SimBackend:
         def adjoint_all(y: Array) -> Array:
             return np.asarray(adjoint(y, rows), dtype=np.float64)
 
-        y, grad, _ = forward_adjoint(self.network, self._opt.k, forces, self._out_dofs, adjoint_all)
+        factor = self.network.factorize(self._opt.k, solver=self.solver)
+        y, grad, _ = forward_adjoint(self.network, None, forces, self._out_dofs, adjoint_all,
+                                     factor=factor)
         self._grad_sum += grad * forces.shape[0]
         self._count += forces.shape[0]
         self._pending_step = step
@@ -206,10 +212,9 @@ class SimBackend:
     def evaluate(self, inputs: Array) -> Array:
         """Forward only: ``(B, n_in)`` N -> ``(B, n_out)`` m, one factorisation."""
         forces = self._forces(inputs)
-        u = np.asarray(self.network.solve(self._opt.k, forces))
-        flat = u.reshape(forces.shape[0], -1)
-        dofs = [2 * nd + ax for nd, ax in self._out_dofs]
-        return flat[:, dofs]
+        factor = self.network.factorize(self._opt.k, solver=self.solver)
+        u = np.asarray(self.network.solve(None, forces, factor=factor))
+        return u.reshape(forces.shape[0], -1)[:, self._out_flat]
 
     def stiffness(self) -> Array:
         """Current stiffness ``(m,)``, N/m (a copy)."""

@@ -1,0 +1,296 @@
+"""The ``mnn`` command line: thin commands over the library, one error boundary.
+
+Commands register themselves through ``add_parser(subparsers)`` functions listed in
+:func:`_registrars`; each sets ``func`` (``args -> exit status``) on its parser. :func:`main`
+is the only place that turns errors into output: any :class:`~host_sdk.errors.SdkError` or bad
+argument becomes one line ``mnn: message`` on stderr and exit status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence, TextIO
+
+import numpy as np
+
+from . import __version__
+from .errors import ConfigError, SdkError
+from .tasks import EXPERIMENT_NAMES, Experiment, Task, get_experiment
+from .training import Backend, History, Progress, Summary, run_seeds, sim_backend
+
+__all__ = ["main", "build_parser", "make_backend", "parse_seeds", "BACKENDS"]
+
+#: Backends ``mnn train --backend`` accepts (a rig backend adds its name and a branch in
+#: :func:`make_backend`).
+BACKENDS: tuple[str, ...] = ("sim",)
+_MAX_SEEDS = 1000
+
+
+class _UsageError(Exception):
+    """A bad command line (raised instead of argparse's print-and-exit)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors reach :func:`main`'s boundary instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("mnn").strip()
+        raise _UsageError(f"{command}: {message}" if command else message)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Parse ``"0-9"``, ``"3"`` or ``"0,2,5-7"`` into a list of distinct seeds, in order.
+
+    Raises:
+        ConfigError: malformed text, a descending range, a negative seed or too many seeds.
+    """
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        lo_text, sep, hi_text = part.partition("-")
+        try:
+            lo = int(lo_text)
+            hi = int(hi_text) if sep else lo
+        except ValueError as e:
+            raise ConfigError(f"bad seed list {text!r}: use forms like 0-9, 3 or 0,2,5-7") from e
+        if lo < 0 or hi < lo:
+            raise ConfigError(f"bad seed range {part!r}: seeds are >= 0 and ranges ascend")
+        if hi - lo + 1 > _MAX_SEEDS:
+            raise ConfigError(f"seed range {part!r} holds more than {_MAX_SEEDS} seeds")
+        seeds.extend(s for s in range(lo, hi + 1) if s not in seeds)
+        if len(seeds) > _MAX_SEEDS:
+            raise ConfigError(f"more than {_MAX_SEEDS} seeds")
+    return seeds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from e
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from e
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return value
+
+
+def make_backend(args: argparse.Namespace, task: Task, seed: int) -> Backend:
+    """The backend named by ``args.backend`` for one stage of one seed's run.
+
+    ``args.lr`` (if set) overrides the task's learning rate.
+    """
+    if args.backend == "sim":
+        return sim_backend(task, lr=args.lr)
+    raise ConfigError(f"unknown backend {args.backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _total_epochs(experiment: Experiment, epochs: int | None) -> int:
+    if epochs is not None:
+        return epochs * len(experiment.stages)
+    return sum(s.task.epochs if s.epochs is None else s.epochs for s in experiment.stages)
+
+
+def _run(args: argparse.Namespace, experiment: Experiment, seeds: list[int]) -> Summary:
+    """Train every seed with a progress bar on stderr (hidden when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    per_seed = _total_epochs(experiment, args.epochs)
+    with tqdm(total=per_seed * len(seeds), desc=experiment.name, unit="epoch", file=sys.stderr,
+              disable=None, leave=False, dynamic_ncols=True) as bar:
+        done = {"seed": -1, "count": 0}
+
+        def progress(seed: int, p: Progress) -> None:
+            if seed != done["seed"]:
+                if done["seed"] >= 0:
+                    bar.update(per_seed - done["count"])
+                done["seed"], done["count"] = seed, 0
+            bar.update(1)
+            done["count"] += 1
+            bar.set_postfix(seed=seed, stage=p.task, loss=f"{p.loss:.4g}", test=f"{p.test:.4g}",
+                            refresh=False)
+
+        return run_seeds(experiment, seeds, lambda task, seed: make_backend(args, task, seed),
+                         epochs=args.epochs, batch_size=None, progress=progress)
+
+
+def _outputs_mm(history: History) -> list[float] | None:
+    """The outputs of a single-sample task (behaviour), mm."""
+    outs = history.stages[-1].test_outputs
+    return [round(v * 1e3, 6) for v in outs[0]] if len(outs) == 1 else None
+
+
+def _report(summary: Summary, experiment: Experiment) -> dict[str, Any]:
+    data = summary.to_dict()
+    data["description"] = experiment.description
+    data["stages"] = [s.task.name for s in experiment.stages]
+    for entry, history in zip(data["per_seed"], summary.histories):
+        outputs = _outputs_mm(history)
+        if outputs is not None:
+            entry["outputs_mm"] = outputs
+        entry["stages"] = [
+            {"task": s.task, "metric": s.metric, f"test_{s.metric}_start": s.test[0],
+             f"test_{s.metric}": s.test[-1], "epochs": s.epoch[-1], "converged": s.converged,
+             "removed_bonds": [list(p) for p in s.removed_bonds]}
+            for s in history.stages
+        ]
+    return data
+
+
+def _print_table(summary: Summary, experiment: Experiment, stream: TextIO) -> None:
+    keys = list(summary.mean)
+    stream.write(f"{experiment.name}: {experiment.description}\n")
+    widths = [max(len(k), 10) for k in keys]
+    stream.write("seed  " + "  ".join(k.rjust(w) for k, w in zip(keys, widths)) + "\n")
+    for h in summary.histories:
+        final = h.final()
+        row = "  ".join(f"{final[k]:.4g}".rjust(w) for k, w in zip(keys, widths))
+        outputs = _outputs_mm(h)
+        extra = f"  outputs {', '.join(f'{v:.4f}' for v in outputs)} mm" if outputs else ""
+        stages = h.stages
+        if len(stages) > 1:
+            extra += "  stages " + " -> ".join(
+                f"{s.task} {s.test[0]:.3g}->{s.test[-1]:.3g}" for s in stages)
+        stream.write(f"{h.seed:>4}  {row}{extra}\n")
+    mean = "  ".join(f"{summary.mean[k]:.4g}".rjust(w) for k, w in zip(keys, widths))
+    std = "  ".join(f"{summary.std[k]:.2g}".rjust(w) for k, w in zip(keys, widths))
+    stream.write(f"mean  {mean}\n std  {std}\n")
+
+
+def _write_outputs(out: Path, summary: Summary, experiment: Experiment, report: dict[str, Any]) -> list[Path]:
+    from .plots import save_figures
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        written = [out / "history.json"]
+        doc = {"summary": report, "histories": [h.to_dict() for h in summary.histories]}
+        written[0].write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+        for h in summary.histories:
+            path = out / f"stiffness-seed{h.seed}.json"
+            path.write_text(json.dumps({"bonds": np.asarray(h.bonds).tolist(),
+                                        "k": np.asarray(h.k).tolist()}) + "\n", encoding="utf-8")
+            written.append(path)
+        written.extend(save_figures(out, experiment, summary.histories))
+    except OSError as e:
+        raise ConfigError(f"cannot write results to {out}: {e.strerror or e}") from e
+    return written
+
+
+def _train_and_report(args: argparse.Namespace, task_name: str, out: str | None) -> int:
+    experiment = get_experiment(task_name)
+    seeds = parse_seeds(args.seeds)
+    summary = _run(args, experiment, seeds)
+    report = _report(summary, experiment)
+    written = _write_outputs(Path(out), summary, experiment, report) if out else []
+    if args.json:
+        if written:
+            report["files"] = [str(p) for p in written]
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        _print_table(summary, experiment, sys.stdout)
+        if written:
+            sys.stdout.write(f"wrote {len(written)} files to {out}\n")
+    return 0
+
+
+def _add_training_options(parser: argparse.ArgumentParser, seeds: str) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default="sim",
+                        help="where training happens (default: sim, the exact simulation)")
+    parser.add_argument("--seeds", default=seeds, metavar="LIST",
+                        help=f"one independent run per seed: 0-9, 3 or 0,2,5-7 (default: {seeds})")
+    parser.add_argument("--epochs", type=_positive_int, metavar="N",
+                        help="epochs of every stage (default: the task's)")
+    parser.add_argument("--lr", type=_positive_float, metavar="X",
+                        help="learning rate of every stage (Adam: N/m per step; default: the task's)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    return _train_and_report(args, args.task, args.out)
+
+
+def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``mnn train``."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "train", help="train one of the paper's tasks",
+        description="Train a task of the paper, once per seed, and report mean and spread.")
+    parser.add_argument("--task", required=True, choices=EXPERIMENT_NAMES, help="what to learn")
+    _add_training_options(parser, seeds="0")
+    parser.add_argument("--out", metavar="DIR",
+                        help="write history.json, stiffness-seed<S>.json and PNG figures to DIR")
+    parser.set_defaults(func=_cmd_train)
+    return parser
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    return _train_and_report(args, "iris", args.out)
+
+
+def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``mnn demo``."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "demo", help="train Iris classification and write figures",
+        description="Train the Iris classifier of the paper for 10 seeds, print the summary and "
+                    "write figures (default ./mnn-demo/).")
+    _add_training_options(parser, seeds="0-9")
+    parser.add_argument("--out", metavar="DIR", default="mnn-demo",
+                        help="where to write results and figures (default: mnn-demo)")
+    parser.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _registrars() -> list[Callable[[Any], argparse.ArgumentParser]]:
+    """Every subcommand's ``add_parser``; new commands are added to this list."""
+    from .emulator.cli import add_parser as add_emulate_parser
+
+    return [
+        add_train_parser,
+        add_demo_parser,
+        add_emulate_parser,
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mnn`` argument parser with every registered subcommand."""
+    parser = _Parser(prog="mnn", description="In situ training of mechanical neural networks.")
+    parser.add_argument("--version", action="version", version=f"mnn {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for register in _registrars():
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``mnn``; return the exit status (0 ok, 2 error, 130 interrupted)."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        func = getattr(args, "func", None)
+        if func is None:
+            raise _UsageError("a command is required (try mnn --help)")
+        return int(func(args) or 0)
+    except _UsageError as e:
+        print(f"mnn: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except SdkError as e:
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"mnn: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mnn: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
