@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from scipy.special import expit
 
 from .errors import ConfigError
 
@@ -197,7 +198,7 @@ class Optimiser:
         self._b2t = 1.0
 
     def _from_latent(self, z: Array) -> Array:
-        return self.k_min + (self.k_max - self.k_min) / (1.0 + np.exp(-self.config.beta * z))
+        return self.k_min + (self.k_max - self.k_min) * expit(self.config.beta * z)
 
     def chain_factor(self) -> Array:
         """``dk/dz`` of the sigmoid at the current stiffness (ones for ``project="clip"``)."""
