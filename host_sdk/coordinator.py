@@ -36,6 +36,7 @@ Reliability (``docs/reliability.md``). Nothing is lost and nothing is applied tw
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -304,6 +305,47 @@ class RigSession:
         USB board."""
         for url in self.links if urls is None else urls:
             self.links[url].broadcast(int(command), dict(args or {}))
+
+    def sample(
+        self, args: Mapping[str, Any], targets: Sequence[int] | None = None
+    ) -> dict[int, dict[str, Any] | SdkError]:
+        """Boards take one SAMPLE measurement; return once all of them have finished.
+
+        The loads must not change while any board is still measuring, so this is a barrier.
+        A board alone on its port gets an addressed SAMPLE, whose reply marks the end (and
+        confirms the measurement); such ports are served in parallel when :attr:`parallel`. A
+        port shared by several boards (a bus) gets one broadcast frame; a bus that is not an
+        in-process endpoint then waits ``timeout_ms``, the longest any board may measure.
+
+        Args:
+            args: the SAMPLE arguments.
+            targets: the boards that must measure (default: every board).
+
+        Returns:
+            address -> reply or error, for the boards addressed (not those on a bus).
+        """
+        boards = list(self.boards) if targets is None else list(targets)
+        addressed = [a for a in boards if self.alone(a)]
+        buses = list(dict.fromkeys(self.boards[a].url for a in boards if not self.alone(a)))
+        wait = 0.0
+        for url in buses:
+            self.links[url].broadcast(int(Command.SAMPLE), dict(args))
+            if not _in_process(self.links[url].transport):
+                wait = max(wait, float(args.get("timeout_ms", 1000)) / 1000.0)
+        results = self.request_many([(a, Command.SAMPLE, args) for a in addressed])
+        if wait:
+            time.sleep(wait)
+        return dict(zip(addressed, results))
+
+    def measure(self, args: Mapping[str, Any]) -> int:
+        """Every board takes one SAMPLE measurement (see :meth:`sample`); return the number of
+        boards that reported an unsettled one. An error reply raises."""
+        unsettled = 0
+        for reply in self.sample(args).values():
+            if isinstance(reply, SdkError):
+                raise reply
+            unsettled += not reply.get("settled", True)
+        return unsettled
 
     def wire_bytes(self) -> int:
         """Bytes sent and received on all links so far."""
@@ -649,13 +691,9 @@ class RigBackend:
         (their replies come back); ports shared by several boards get one broadcast, and no
         reply. Returns address -> reply or error for the addressed boards."""
         args = self._sample_args(phase, board_step, sample, gain)
-        addressed = [a for a in targets if self.session.alone(a)]
-        shared = [a for a in targets if not self.session.alone(a)]
-        if shared:
-            self.session.broadcast(Command.SAMPLE, args, urls=list(dict.fromkeys(
-                self.session.boards[a].url for a in shared)))
-        results = self.session.request_many([(a, Command.SAMPLE, args) for a in addressed])
-        return dict(zip(addressed, results))
+        results = self.session.sample(args, targets)
+        self.unsettled += sum(1 for r in results.values() if isinstance(r, dict) and not r.get("settled"))
+        return results
 
     def _measure_outputs(self, board_step: int, sample: int, confirmed: set[int]) -> Array:
         """Output displacements of this sample's forward phase.
