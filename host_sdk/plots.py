@@ -67,11 +67,12 @@ def plot_network(
 
     fig, ax = plt.subplots(figsize=(7.0, 5.2), constrained_layout=True)
     if len(removed):
-        cut = np.array([[pos[i], pos[j]] for i, j in removed])
+        cut = [np.array([pos[i], pos[j]]) for i, j in removed]
         ax.add_collection(LineCollection(cut, colors="0.6", linewidths=1.5, linestyles="--",
                                          label="cut bond"))
     widths = 1.5 + 4.5 * np.clip((kk - lo) / (hi - lo), 0.0, 1.0)
-    lines = LineCollection(pos[bonds], colors=cmap(norm(kk)), linewidths=widths, capstyle="round")
+    segments = [pos[[i, j]] for i, j in bonds]
+    lines = LineCollection(segments, colors=cmap(norm(kk)), linewidths=widths, capstyle="round")
     ax.add_collection(lines)
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     cbar = fig.colorbar(sm, ax=ax, shrink=0.85)
@@ -93,10 +94,11 @@ def plot_network(
             start = pos[node] - d * arrow
             ax.annotate("", xy=pos[node], xytext=start, zorder=4,
                         arrowprops=dict(arrowstyle="-|>", color="tab:red", lw=2))
-            ax.scatter(*pos[node], s=70, c="tab:red", zorder=4,
+            ax.scatter([pos[node, 0]], [pos[node, 1]], s=70, c="tab:red", zorder=4,
                        label="input (force)" if n_in == 0 else None)
         for n_out, (node, axis) in enumerate(io.outputs):
-            ax.scatter(*pos[node], s=90, marker="s", facecolors="none", edgecolors="tab:blue",
+            ax.scatter([pos[node, 0]], [pos[node, 1]], s=90, marker="s", facecolors="none",
+                       edgecolors="tab:blue",
                        linewidths=2, zorder=5, label="output (displacement)" if n_out == 0 else None)
             off = np.array([0.5, -0.5]) * 0.05 * span
             ax.annotate(f"u{_AXIS[axis]}", xy=pos[node], xytext=pos[node] + off, color="tab:blue",
@@ -211,7 +213,7 @@ def save_figures(out_dir: str | Path, experiment: Experiment, histories: Sequenc
     base = last.network
     paper = last.setup is not None and last.setup.network.n_nodes == base.n_nodes
     for h in histories:
-        removed = [tuple(p) for s in h.stages for p in s.removed_bonds]
+        removed = [(int(p[0]), int(p[1])) for s in h.stages for p in s.removed_bonds]
         net = Network(base.positions, h.bonds, base.fixed, name=base.name)
         final = h.final()
         figures = ", ".join(f"{key.replace('_', ' ')} {value:.4g}" for key, value in final.items()

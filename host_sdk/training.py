@@ -169,7 +169,8 @@ class SimBackend:
         if self._in_unique:
             flat[:, self._in_dofs] = x
         else:
-            np.add.at(flat, (slice(None), self._in_dofs), x)
+            for col, dof in enumerate(self._in_dofs):
+                flat[:, dof] += x[:, col]
         return flat.reshape(x.shape[0], -1, 2)
 
     def train_batch(self, step: int, inputs: Array, adjoint: AdjointFn) -> Array:
@@ -419,11 +420,11 @@ class Trainer:
         #: Number of the next update (after :meth:`run`, one past the last applied).
         self.next_step = self.first_step
 
-    def _evaluate(self, history: StageHistory, epoch: int, x_train: Array, y_train: NDArray[np.generic],
-                  x_test: Array, y_test: NDArray[np.generic]) -> None:
+    def _evaluate(self, history: StageHistory, epoch: int, f_all: Array, y_train: NDArray[np.generic],
+                  y_test: NDArray[np.generic]) -> None:
         task = self.task
-        n_train = x_train.shape[0]
-        y_all = self.backend.evaluate(task.input_forces(np.concatenate([x_train, x_test])))
+        n_train = y_train.shape[0]
+        y_all = self.backend.evaluate(f_all)
         y_tr, y_te = y_all[:n_train], y_all[n_train:]
         history.epoch.append(epoch)
         history.loss.append(task.loss.value(y_tr, y_train))
@@ -438,7 +439,9 @@ class Trainer:
         split = task.split(self.seed)
         rng = np.random.default_rng([self.seed, 1])
         hist = StageHistory(task=task.name, metric=task.metric)
-        self._evaluate(hist, 0, split.x_train, split.y_train, split.x_test, split.y_test)
+        f_train = task.input_forces(split.x_train)
+        f_all = np.concatenate([f_train, task.input_forces(split.x_test)])
+        self._evaluate(hist, 0, f_all, split.y_train, split.y_test)
         n = split.x_train.shape[0]
         step = self.first_step
         for epoch in range(1, self.epochs + 1):
@@ -446,7 +449,7 @@ class Trainer:
             order = rng.permutation(n)
             for start in range(0, n, self.batch_size):
                 rows = order[start:start + self.batch_size]
-                inputs = task.input_forces(split.x_train[rows])
+                inputs = f_train[rows]
                 targets = split.y_train[rows]
 
                 def adjoint(y: Array, idx: NDArray[np.intp], targets: NDArray[np.generic] = targets) -> Array:
@@ -456,7 +459,7 @@ class Trainer:
                 self.backend.update(step)
                 step += 1
                 hist.steps += 1
-            self._evaluate(hist, epoch, split.x_train, split.y_train, split.x_test, split.y_test)
+            self._evaluate(hist, epoch, f_all, split.y_train, split.y_test)
             if self.progress is not None:
                 self.progress(Progress(self.stage, task.name, epoch, self.epochs, hist.loss[-1],
                                        task.metric, hist.train[-1], hist.test[-1]))

@@ -1,0 +1,102 @@
+"""Training speed on the simulation backend.
+
+Prints the wall time of one 100-epoch Iris run on the paper network (best and median of several
+runs), where a training step's time goes (factorisation, forward + adjoint solves, loss,
+optimiser), and the wall time of every task's default run.
+
+    python bench/bench_training.py            # everything (the 5000-epoch tasks take a while)
+    python bench/bench_training.py --quick    # Iris run and step breakdown only
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import numpy as np
+
+from host_sdk.physics import forward_adjoint
+from host_sdk.tasks import EXPERIMENT_NAMES, get_experiment, get_task
+from host_sdk.training import run_experiment, sim_backend
+
+
+def _per_call(fn: Callable[[], object], repeat: int) -> float:
+    """Best-of-5 mean time per call, seconds."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / repeat)
+    return best
+
+
+def bench_iris(runs: int) -> None:
+    run_experiment("iris", 0, epochs=2)  # warm-up (imports, caches)
+    times = []
+    for seed in range(runs):
+        t0 = time.perf_counter()
+        history = run_experiment("iris", seed)
+        times.append(time.perf_counter() - t0)
+    steps = history.stages[0].steps
+    print(f"iris, paper network, 100 epochs ({steps} steps of batch 16 + 101 evaluations of 150 samples):")
+    print(f"  wall time best {min(times):.3f} s, median {statistics.median(times):.3f} s over {runs} runs")
+
+    task = get_task("iris")
+    split = task.split(0)
+    x = task.input_forces(split.x_train[:16])
+    t = split.y_train[:16]
+    backend = sim_backend(task)
+    net, k = task.network, backend.stiffness()
+    forces = backend._forces(x)
+    outputs = tuple(task.io.outputs)
+    factor = net.factorize(k)
+
+    def adjoint(y: np.ndarray) -> np.ndarray:
+        return -task.loss.grad(y, t)
+
+    y = forward_adjoint(net, None, forces, outputs, adjoint, factor=factor)[0]
+    parts = {
+        "factorisation": _per_call(lambda: net.factorize(k), 300),
+        "forward + adjoint solves": _per_call(
+            lambda: forward_adjoint(net, None, forces, outputs, adjoint, factor=factor), 300),
+        "loss gradient (inside the adjoint)": _per_call(lambda: task.loss.grad(y, t), 1000),
+        "optimiser update": _per_call(lambda: backend._opt.step(np.zeros(net.n_bonds)), 1000),
+    }
+    step = _per_call(lambda: (backend.train_batch(0, x, lambda yy, idx: -task.loss.grad(yy, t[idx])),
+                              backend.discard()), 300)
+    print(f"  one training step (train_batch, batch 16): {step * 1e6:.0f} us, of which")
+    for name, secs in parts.items():
+        print(f"    {name:36s} {secs * 1e6:7.0f} us")
+
+
+def bench_tasks() -> None:
+    print("every task, default settings, seed 0:")
+    print(f"  {'task':18s} {'epochs':>16s} {'steps':>7s} {'wall s':>8s} {'ms/step':>8s}  result")
+    for name in EXPERIMENT_NAMES:
+        exp = get_experiment(name)
+        t0 = time.perf_counter()
+        history = run_experiment(exp, 0)
+        wall = time.perf_counter() - t0
+        epochs = "+".join(str(s.epoch[-1]) for s in history.stages)
+        steps = sum(s.steps for s in history.stages)
+        final = history.final()
+        metric = history.metric
+        result = f"test {metric.replace('_', ' ')} {final[f'test_{metric}']:.4f}"
+        print(f"  {name:18s} {epochs:>16s} {steps:>7d} {wall:8.2f} {wall / steps * 1e3:8.3f}  {result}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="only the Iris run and step breakdown")
+    parser.add_argument("--runs", type=int, default=5, help="Iris runs to time (default 5)")
+    args = parser.parse_args()
+    bench_iris(args.runs)
+    if not args.quick:
+        bench_tasks()
+
+
+if __name__ == "__main__":
+    main()
