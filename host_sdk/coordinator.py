@@ -596,6 +596,9 @@ class RigBackend:
         self._samplers = [s.address for s in self.rig.boards if s.bonds or s.address in outputs]
         self._outputs = sorted(outputs)
         self._batch: BatchRecord | None = None
+        #: READ_BONDS of every bonded board before the last commit (the last sample's
+        #: elongations and the stiffness the batch was measured with), for health checks
+        self.last_readback: dict[int, dict[str, Any]] = {}
         self._k_old: dict[int, list[float]] = {}
         self._stage = "idle"
         # Boards refuse a step id they have already applied, and keep the last one across runs
@@ -625,6 +628,11 @@ class RigBackend:
                 "is simulation-only (use a clip optimiser on a rig)"
             )
         self.optimiser = config
+
+    @property
+    def last_batch(self) -> BatchRecord | None:
+        """The loads, adjoint forces, gains and outputs of the latest batch."""
+        return self._batch
 
     # -- reporting --------------------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
@@ -879,6 +887,7 @@ class RigBackend:
         (no board has applied the step yet). Returns address -> stiffness before the commit."""
         targets = list(self._bonded)
         k_old: dict[int, list[float]] = {}
+        self.last_readback = {}
         for _attempt in range(self.recovery.max_replays):
             results = self.session.request_many([(a, Command.READ_BONDS, {}) for a in targets])
             self.stats.readbacks += len(targets)
@@ -890,6 +899,7 @@ class RigBackend:
                     behind.append(address)
                 else:
                     k_old[address] = [float(x) for x in r["k"]]
+                    self.last_readback[address] = r
             if not behind:
                 return k_old
             self._replay(behind, upto=rec.count - 1, record=rec)
