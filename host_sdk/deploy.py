@@ -531,11 +531,10 @@ def _select(rig: Rig, boards: Sequence[int] | None) -> list[BoardSpec]:
 
 
 def _urls(rig: Rig, selected: Sequence[BoardSpec], ports: Mapping[int, str]) -> dict[int, str]:
-    unknown = sorted(set(ports) - {s.address for s in selected})
-    if unknown:
-        raise ConfigError(f"--port given for board {unknown[0]}, which is not being deployed")
-    for url in ports.values():
+    for address, url in ports.items():
+        rig.board(address)
         check_url(url)
+    ports = {s.address: ports[s.address] for s in selected if s.address in ports}
     pending = [s for s in selected if s.address not in ports and s.port is None]
     if pending:
         rig = resolve_ports(rig)
@@ -573,7 +572,8 @@ def deploy(
     Args:
         rig: the rig (or what :func:`~host_sdk.rig.load_rig` accepts).
         boards: addresses of the boards to deploy (default: every board).
-        ports: address -> port URL, overriding the rig's ports (an emulated rig's terminals).
+        ports: address -> port URL, overriding the rig's ports (an emulated rig's terminals);
+            entries for boards not being deployed are ignored.
         dry_run: only report what would be copied (boards are left as they were).
         jobs: boards deployed at the same time.
         timeout: seconds one mpremote run may take.

@@ -295,7 +295,8 @@ def test_a_board_that_is_not_connected(tmp_path: Path) -> None:
     ("kwargs", "error", "match"),
     [
         ({"boards": [3]}, ConfigError, "in-process emulated board, which cannot be deployed"),
-        ({"boards": [3], "ports": {4: "/dev/pts/1"}}, ConfigError, "--port given for board 4, which is not"),
+        ({"boards": [3], "ports": {99: "/dev/pts/1"}}, ConfigError, "no board has address 99"),
+        ({"boards": [3], "ports": {3: "ftp://x"}}, ConfigError, "unknown port URL scheme"),
         ({"boards": [3, 4], "ports": {3: "/dev/pts/1", 4: "serial:///dev/pts/1"}}, ConfigError,
          "boards 3, 4 share the port /dev/pts/1"),
         ({"boards": [99]}, ConfigError, "no board has address 99"),
