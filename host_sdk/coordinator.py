@@ -192,6 +192,9 @@ class RigSession:
             :func:`~host_sdk.transport.open_transport`); fault injection wraps ports here.
         parallel: talk to different ports from parallel threads in :meth:`request_many`
             (``None``: when some port is not an in-process ``emu://`` endpoint).
+        first_seq: sequence number of the first frame on the first port (the next ports start
+            2**20 further each); default random, so a restarted host never reuses a sequence
+            number a board cached. Fixed values make a run byte-for-byte reproducible.
     """
 
     def __init__(
@@ -204,6 +207,7 @@ class RigSession:
         expected_hash: str | None = None,
         transport_factory: Callable[[str, Sequence[int]], Transport] | None = None,
         parallel: bool | None = None,
+        first_seq: int | None = None,
     ) -> None:
         self.rig = rig
         self.expected_hash = firmware_hash() if expected_hash is None else expected_hash
@@ -223,9 +227,10 @@ class RigSession:
         self.links: dict[str, Link] = {}
         opener = transport_factory or (lambda url, _boards: open_transport(url))
         try:
-            for url, boards in self.ports.items():
+            for index, (url, boards) in enumerate(self.ports.items()):
                 transport = opener(url, boards)
-                self.links[url] = Link(transport, timeout=timeout, retries=retries, name=url)
+                seq = None if first_seq is None else (first_seq + index * 2**20) % 2**32
+                self.links[url] = Link(transport, timeout=timeout, retries=retries, name=url, first_seq=seq)
         except BaseException:
             self.close()
             raise
