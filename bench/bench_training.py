@@ -6,6 +6,7 @@ optimiser), and the wall time of every task's default run.
 
     python bench/bench_training.py            # everything (the 5000-epoch tasks take a while)
     python bench/bench_training.py --quick    # Iris run and step breakdown only
+    python bench/bench_training.py --compare  # also: defaults vs the paper's sigmoid optimiser
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 
+from host_sdk.losses import ProportionCE
+from host_sdk.optim import OptimiserConfig
 from host_sdk.physics import forward_adjoint
-from host_sdk.tasks import EXPERIMENT_NAMES, get_experiment, get_task
-from host_sdk.training import run_experiment, sim_backend
+from host_sdk.tasks import (EXPERIMENT_NAMES, Experiment, Stage, Task, get_experiment, get_task,
+                            paper_optimiser)
+from host_sdk.training import Backend, run_experiment, run_seeds, sim_backend
 
 
 def _per_call(fn: Callable[[], object], repeat: int) -> float:
@@ -65,8 +70,11 @@ def bench_iris(runs: int) -> None:
         "loss gradient (inside the adjoint)": _per_call(lambda: task.loss.grad(y, t), 1000),
         "optimiser update": _per_call(lambda: backend._opt.step(np.zeros(net.n_bonds)), 1000),
     }
-    step = _per_call(lambda: (backend.train_batch(0, x, lambda yy, idx: -task.loss.grad(yy, t[idx])),
-                              backend.discard()), 300)
+    def one_step() -> None:
+        backend.train_batch(0, x, lambda yy, idx: -task.loss.grad(yy, t[idx]))
+        backend.discard()
+
+    step = _per_call(one_step, 300)
     print(f"  one training step (train_batch, batch 16): {step * 1e6:.0f} us, of which")
     for name, secs in parts.items():
         print(f"    {name:36s} {secs * 1e6:7.0f} us")
@@ -88,14 +96,50 @@ def bench_tasks() -> None:
         print(f"  {name:18s} {epochs:>16s} {steps:>7d} {wall:8.2f} {wall / steps * 1e3:8.3f}  {result}")
 
 
+def bench_compare() -> None:
+    """The default clip optimiser against the paper's sigmoid configuration."""
+    print("defaults vs the paper's optimiser (Adam on the sigmoid latent, chain factor applied):")
+    iris = get_task("iris")
+    rows = [
+        ("iris, softmax CE c=15, Adam-clip (default)", iris, None),
+        ("iris, paper CE, Adam-clip", replace(iris, loss=ProportionCE()), None),
+        ("iris, softmax CE c=15, paper sigmoid", iris, paper_optimiser("iris")),
+        ("iris, paper CE, paper sigmoid", replace(iris, loss=ProportionCE()), paper_optimiser("iris")),
+    ]
+    for label, task, opt in rows:
+        t0 = time.perf_counter()
+
+        def seeded(t: Task, seed: int, opt: OptimiserConfig | None = opt) -> Backend:
+            return sim_backend(t, optimiser=opt)
+
+        summary = run_seeds(Experiment(task.name, "", (Stage(task),)), range(10), seeded)
+        wall = time.perf_counter() - t0
+        m, sd = summary.mean, summary.std
+        print(f"  {label:44s} 10 seeds: test {m['test_accuracy']:.4f} +- {sd['test_accuracy']:.4f}, "
+              f"train {m['train_accuracy']:.4f}, loss {m['loss']:.4f} ({wall:.1f} s)")
+    for label, opt in (("behaviour-ce, Adam-clip (default)", None),
+                       ("behaviour-ce, paper sigmoid", paper_optimiser("behaviour-ce"))):
+        def factory(t: Task, opt: OptimiserConfig | None = opt) -> Backend:
+            return sim_backend(t, optimiser=opt)
+
+        history = run_experiment("behaviour-ce", 0, factory)
+        u13, u14 = (v * 1e3 for v in history.stages[0].test_outputs[0])
+        print(f"  {label:44s} {history.stages[0].steps} steps to converge: "
+              f"u13y {u13:.4f} mm, u14y {u14:.4f} mm")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the Iris run and step breakdown")
+    parser.add_argument("--compare", action="store_true",
+                        help="also compare the default optimisers with the paper's sigmoid one")
     parser.add_argument("--runs", type=int, default=5, help="Iris runs to time (default 5)")
     args = parser.parse_args()
     bench_iris(args.runs)
     if not args.quick:
         bench_tasks()
+    if args.compare:
+        bench_compare()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ __all__ = ["main", "build_parser", "make_backend", "parse_seeds", "BACKENDS"]
 #: or real) that compute their own gradients.
 BACKENDS: tuple[str, ...] = ("sim", "rig")
 _MAX_SEEDS = 1000
+_SHORT = {"accuracy": "acc", "relative_error": "rel.err"}
 
 
 class _UsageError(Exception):
@@ -156,7 +157,7 @@ def _report(summary: Summary, experiment: Experiment) -> dict[str, Any]:
 
 
 def _print_table(summary: Summary, experiment: Experiment, stream: TextIO) -> None:
-    keys = list(summary.mean)
+    keys = [k for k in summary.mean if k != "relative_error"]  # = test_relative_error
     stream.write(f"{experiment.name}: {experiment.description}\n")
     widths = [max(len(k), 10) for k in keys]
     stream.write("seed  " + "  ".join(k.rjust(w) for k, w in zip(keys, widths)) + "\n")
@@ -167,8 +168,8 @@ def _print_table(summary: Summary, experiment: Experiment, stream: TextIO) -> No
         extra = f"  outputs {', '.join(f'{v:.4f}' for v in outputs)} mm" if outputs else ""
         stages = h.stages
         if len(stages) > 1:
-            extra += "  stages " + " -> ".join(
-                f"{s.task} {s.test[0]:.3g}->{s.test[-1]:.3g}" for s in stages)
+            extra += "  test " + " -> ".join(
+                f"{s.task} {_SHORT[s.metric]} {s.test[0]:.3g}->{s.test[-1]:.3g}" for s in stages)
         stream.write(f"{h.seed:>4}  {row}{extra}\n")
     mean = "  ".join(f"{summary.mean[k]:.4g}".rjust(w) for k, w in zip(keys, widths))
     std = "  ".join(f"{summary.std[k]:.2g}".rjust(w) for k, w in zip(keys, widths))

@@ -122,7 +122,7 @@ def test_damage_table_output(capsys) -> None:
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("damage: damage: train Iris, cut bonds 10-11, 11-14 (paper numbers)")
-    assert "stages iris 0.333->" in lines[2]
+    assert "test iris acc 0.333->" in lines[2] and " -> iris acc 0." in lines[2]
     assert lines[-2].startswith("mean") and lines[-1].startswith(" std")
 
 
