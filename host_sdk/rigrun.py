@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .coordinator import RigBackend, RigSession, SamplingConfig
+from .protocol import Command
 from .errors import ConfigError
 from .rig import Rig, load_rig
 from .tasks import Task
@@ -102,6 +103,9 @@ class RigRunner:
             )
         self.session.set_stiffness(np.full(self.rig.network.n_bonds, float(task.k0)))
         self.session.handshake()
+        # A run abandoned mid-batch (Ctrl-C, a crash) leaves samples accumulated for the step
+        # after the last applied one; the new backend starts that step afresh.
+        self.session.broadcast(Command.DISCARD, {"step": self.session.last_step() + 1})
         backend = RigBackend(self.session, task.io, optimiser=task.optimiser, sampling=self.sampling)
         self.backends.append(backend)
         return backend
