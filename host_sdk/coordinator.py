@@ -46,8 +46,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import protocol
-from .errors import ConfigError, NodeError, SdkError, TransportError
+from .errors import ConfigError, FloppyNetworkError, NodeError, SdkError, TransportError
 from .fwinfo import firmware_hash
+from .health import Exclusion, HealthMonitor, HealthReport, exclude_bond
 from .link import Link, LinkStats
 from .optim import OptimiserConfig
 from .physics import DOF, IOMap
@@ -561,6 +562,10 @@ class RigBackend:
         journal: where commits are recorded (for a restarted host), or None.
         on_batch: called with the trainer's step as each batch starts (fault schedules,
             progress).
+        health: a :class:`~host_sdk.health.HealthMonitor` that checks every batch's read-back
+            against the digital twin (no extra traffic). A broken bond it names is taken out of
+            training at once (:func:`~host_sdk.health.exclude_bond`); if the rest of the
+            network is floppy the run stops with :class:`~host_sdk.errors.FloppyNetworkError`.
         step_base: board step id of the trainer's step 0 (default: one past the newest step
             any board has applied). A resumed run passes the value of the run it continues.
     """
@@ -576,6 +581,7 @@ class RigBackend:
         journal: CommitLog | None = None,
         on_batch: Callable[[int], None] | None = None,
         step_base: int | None = None,
+        health: HealthMonitor | None = None,
     ) -> None:
         self.set_optimiser(optimiser)
         self.session = session
@@ -587,6 +593,13 @@ class RigBackend:
             session.parallel = bool(self.recovery.parallel) and len(session.links) > 1
         self.journal = journal
         self.on_batch = on_batch
+        self.health = health
+        if health is not None and not self.recovery.readback:
+            raise ConfigError("health checks use the read-back: keep RecoveryConfig(readback=True)")
+        #: (trainer step, health report) of every checked batch
+        self.health_log: list[tuple[int, HealthReport]] = []
+        #: bonds taken out of training, in order
+        self.exclusions: list[Exclusion] = []
         self.stats = RecoveryStats()
         self.n_bonds = self.rig.network.n_bonds
         self.samples_run = 0
@@ -843,6 +856,7 @@ class RigBackend:
         assert rec is not None
         pending = list(boards)
         self.stats.lagging += len(pending)
+        unsettled = 0
         for _attempt in range(self.recovery.max_replays):
             for address in pending:
                 self._note_trouble(address)
@@ -865,6 +879,7 @@ class RigBackend:
                     for a in active
                 ])
                 ok = [a for a, r in zip(active, fwd) if isinstance(r, dict) and r.get("settled")]
+                unsettled += sum(1 for r in fwd if isinstance(r, dict) and not r.get("settled"))
                 failed += [a for a in active if a not in ok]
                 active = ok
                 if not active:
@@ -876,15 +891,19 @@ class RigBackend:
                     for a in active
                 ])
                 ok = [a for a, r in zip(active, adj) if isinstance(r, dict) and r.get("count") == j + 1]
+                unsettled += sum(1 for r in adj if isinstance(r, dict) and not r.get("settled"))
                 failed += [a for a in active if a not in ok]
                 active = ok
                 self.stats.samples_replayed += len(active)
             if not failed:
                 return
             pending = sorted(set(failed))
+        why = ""
+        if unsettled:
+            why = f": their measurements do not settle ({unsettled} unsettled; a noisy sensor?)"
         raise TransportError(
             f"boards {pending} kept falling behind in step {rec.board_step} "
-            f"after {self.recovery.max_replays} replays"
+            f"after {self.recovery.max_replays} replays{why}"
         )
 
     def _readback(self, rec: BatchRecord) -> dict[int, list[float]]:
@@ -1021,6 +1040,22 @@ class RigBackend:
         if self.journal is not None:
             self.journal.end_commit(rec.board_step)
         self._stage = "idle"
+        if self.health is not None:
+            self._check_health(step)
+
+    def _check_health(self, step: int) -> None:
+        """Check the batch against the twin; take a broken bond out of training."""
+        assert self.health is not None
+        report = self.health.check_backend(self)
+        self.health_log.append((step, report))
+        for finding in report.findings:
+            if finding.kind == "broken_bond" and finding.bond not in self.health.excluded:
+                exclusion = exclude_bond(self, finding.bond, self.health)
+                self.exclusions.append(exclusion)
+                if not exclusion.rigid:
+                    raise FloppyNetworkError(
+                        f"step {step}: {finding}; {exclusion.message}", exclusion_nodes(exclusion)
+                    )
 
     def resume_step(self, step: int, pending: Mapping[str, Any] | None,
                     reverted: Mapping[str, Sequence[float]] | None = None) -> bool:
@@ -1102,3 +1137,11 @@ class RigBackend:
         """Load a design: boards drive their bonds to ``k`` and restart their optimisers."""
         self.session.set_stiffness(k)
 
+
+def exclusion_nodes(exclusion: Exclusion) -> tuple[int, ...]:
+    """Nodes of the floppy modes left by an exclusion (empty if the network is rigid)."""
+    try:
+        exclusion.network.check_rigid()
+    except FloppyNetworkError as e:
+        return e.nodes
+    return ()

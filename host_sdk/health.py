@@ -208,10 +208,11 @@ class HealthMonitor:
         report.residual = worst
         if worst > self.tol:
             bad = [int(b) for b in np.flatnonzero(use & (per_bond > self.tol))]
-            if len(bad) == 1:
+            mech = self._mechanical_finding(k, meas, twin, scale, g, use, bad)
+            if len(bad) == 1 and not self._moved_neighbours(bad[0], meas, twin, scale, g, use):
                 report.findings.append(self._sensor_finding(bad[0], meas, twin, scale, per_bond))
             else:
-                report.findings.append(self._mechanical_finding(k, meas, twin, scale, g, use, bad))
+                report.findings.append(mech)
         report.ok = not report.findings
         return report
 
@@ -249,6 +250,28 @@ class HealthMonitor:
         self.bad_sensors.add(b)
         return Finding(kind, b, self._owner.get(b, -1), why, float(per_bond[b]))
 
+    def _basis(self, b: int, twin: Array, scale: Array, g: Array, use: Array) -> Array:
+        """How every reading (normalised) changes per unit of ``t`` when bond ``b`` changes."""
+        basis = -(g[:, b][None, :] * twin[:, b][:, None]) / scale[:, None]
+        return np.where(use[None, :], basis, 0.0)
+
+    def _moved_neighbours(self, b: int, meas: Array, twin: Array, scale: Array, g: Array, use: Array) -> bool:
+        """Whether the other readings moved the way a change of bond ``b``'s stiffness moves
+        them (a mechanical fault) rather than staying put (a fault of ``b``'s sensor alone)."""
+        r = np.where(use[None, :], (meas - twin) / scale[:, None], 0.0)
+        basis = self._basis(b, twin, scale, g, use)
+        others = np.ones(r.shape[1], dtype=bool)
+        others[b] = False
+        # fit the stiffness change on b's own reading, predict the others
+        own = basis[:, b]
+        denom = float(np.sum(own * own))
+        if denom <= 0.0:
+            return False
+        t = float(np.sum(own * r[:, b])) / denom
+        before = float(np.max(np.abs(r[:, others])))
+        after = float(np.max(np.abs(r[:, others] - t * basis[:, others])))
+        return after < 0.5 * before
+
     def _mechanical_finding(
         self, k: Array, meas: Array, twin: Array, scale: Array, g: Array, use: Array, bad: list[int]
     ) -> Finding:
@@ -259,8 +282,7 @@ class HealthMonitor:
         for b in range(self.network.n_bonds):
             if b in self.excluded:
                 continue
-            basis = -(g[:, b][None, :] * twin[:, b][:, None]) / scale[:, None]  # d s / d t, normalised
-            basis = np.where(use[None, :], basis, 0.0)
+            basis = self._basis(b, twin, scale, g, use)
             denom = float(np.sum(basis * basis))
             if denom <= 0.0:
                 continue
