@@ -19,7 +19,7 @@ Nothing here prints: progress goes through a callback.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "StageHistory",
     "History",
     "Trainer",
+    "TrainerState",
     "Summary",
     "sim_backend",
     "run_experiment",
@@ -365,6 +366,68 @@ class History:
         }
 
 
+@dataclass
+class TrainerState:
+    """Where a :class:`Trainer` is in its stage, for checkpoints (see :mod:`host_sdk.journal`).
+
+    Attributes:
+        epoch: the epoch in progress (1-based; ``epochs + 1`` once every epoch is done).
+        batch: batches of that epoch already applied.
+        step: number of the next update.
+        rng: state of the shuffling generator at the start of ``epoch``, before it drew the
+            epoch's permutation (``numpy`` bit-generator state).
+        history: the stage's record so far.
+        k_before: stiffness at the start of ``epoch`` (for the ``k_tol`` stop), or None.
+    """
+
+    epoch: int
+    batch: int
+    step: int
+    rng: dict[str, Any]
+    history: StageHistory
+    k_before: list[float] | None = None
+
+    def after_batch(self) -> TrainerState:
+        """The state one batch later (a batch a restarted host found already applied)."""
+        hist = StageHistory(**{**asdict(self.history), "steps": self.history.steps + 1})
+        return replace(self, batch=self.batch + 1, step=self.step + 1, history=hist)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON keeps every float exactly)."""
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "step": self.step,
+            "rng": self.rng,
+            "history": asdict(self.history),
+            "k_before": self.k_before,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TrainerState:
+        """Inverse of :meth:`to_dict`.
+
+        Raises:
+            ConfigError: missing or mistyped fields.
+        """
+        try:
+            h = dict(data["history"])
+            h["removed_bonds"] = [tuple(p) for p in h.get("removed_bonds", [])]
+            state = cls(
+                epoch=int(data["epoch"]),
+                batch=int(data["batch"]),
+                step=int(data["step"]),
+                rng=dict(data["rng"]),
+                history=StageHistory(**h),
+                k_before=None if data.get("k_before") is None else [float(x) for x in data["k_before"]],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"trainer checkpoint: {e}") from e
+        if state.epoch < 1 or state.batch < 0:
+            raise ConfigError(f"trainer checkpoint: epoch {state.epoch}, batch {state.batch} out of range")
+        return state
+
+
 class Trainer:
     """Trains one task on one backend.
 
@@ -379,6 +442,10 @@ class Trainer:
         first_step: number of the first update (steps must keep increasing on a rig whose
             boards remember the last applied step).
         stage: stage index reported to ``progress``.
+        checkpoint: called with a :class:`TrainerState` before the first batch, after every
+            batch and after every epoch (a journal saves it).
+        resume: continue from this state (a checkpoint of the same task, seed and overrides)
+            instead of starting the stage.
 
     Raises:
         ConfigError: bad overrides, or ``lr`` for a backend that cannot change its optimiser.
@@ -396,6 +463,8 @@ class Trainer:
         progress: Callable[[Progress], None] | None = None,
         first_step: int = 1,
         stage: int = 0,
+        checkpoint: Callable[[TrainerState], None] | None = None,
+        resume: TrainerState | None = None,
     ) -> None:
         if backend.n_bonds != task.network.n_bonds:
             raise ConfigError(
@@ -417,8 +486,10 @@ class Trainer:
         self.progress = progress
         self.first_step = int(first_step)
         self.stage = int(stage)
+        self.checkpoint = checkpoint
+        self.resume = resume
         #: Number of the next update (after :meth:`run`, one past the last applied).
-        self.next_step = self.first_step
+        self.next_step = self.first_step if resume is None else resume.step
 
     def _evaluate(self, history: StageHistory, epoch: int, f_all: Array, y_train: NDArray[np.generic],
                   y_test: NDArray[np.generic]) -> None:
@@ -438,16 +509,28 @@ class Trainer:
         task = self.task
         split = task.split(self.seed)
         rng = np.random.default_rng([self.seed, 1])
-        hist = StageHistory(task=task.name, metric=task.metric)
         f_train = task.input_forces(split.x_train)
         f_all = np.concatenate([f_train, task.input_forces(split.x_test)])
-        self._evaluate(hist, 0, f_all, split.y_train, split.y_test)
         n = split.x_train.shape[0]
-        step = self.first_step
-        for epoch in range(1, self.epochs + 1):
-            k_before = self.backend.stiffness()
+        state = self.resume
+        if state is None:
+            hist = StageHistory(task=task.name, metric=task.metric)
+            self._evaluate(hist, 0, f_all, split.y_train, split.y_test)
+            first_epoch, skip, step, k_start = 1, 0, self.first_step, None
+            if self.checkpoint is not None:
+                self.checkpoint(TrainerState(1, 0, step, rng.bit_generator.state, hist))
+        else:
+            hist = state.history
+            rng.bit_generator.state = state.rng
+            first_epoch, skip, step, k_start = state.epoch, state.batch, state.step, state.k_before
+        for epoch in range(first_epoch, self.epochs + 1):
+            rng_state = rng.bit_generator.state
+            resumed = epoch == first_epoch and k_start is not None
+            k_before = np.asarray(k_start, dtype=np.float64) if resumed else self.backend.stiffness()
             order = rng.permutation(n)
-            for start in range(0, n, self.batch_size):
+            for index, start in enumerate(range(0, n, self.batch_size)):
+                if epoch == first_epoch and index < skip:
+                    continue
                 rows = order[start:start + self.batch_size]
                 inputs = f_train[rows]
                 targets = split.y_train[rows]
@@ -459,6 +542,9 @@ class Trainer:
                 self.backend.update(step)
                 step += 1
                 hist.steps += 1
+                if self.checkpoint is not None:
+                    self.checkpoint(TrainerState(epoch, index + 1, step, rng_state, hist,
+                                                 [float(x) for x in k_before]))
             self._evaluate(hist, epoch, f_all, split.y_train, split.y_test)
             if self.progress is not None:
                 self.progress(Progress(self.stage, task.name, epoch, self.epochs, hist.loss[-1],
@@ -469,6 +555,8 @@ class Trainer:
                 if change <= task.k_tol:
                     hist.converged = True
                     break
+            if self.checkpoint is not None:
+                self.checkpoint(TrainerState(epoch + 1, 0, step, rng.bit_generator.state, hist))
         self.next_step = step
         return hist
 
