@@ -306,3 +306,52 @@ def test_a_board_that_is_not_connected(tmp_path: Path) -> None:
 def test_bad_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
     with pytest.raises(error, match=match):
         D.deploy(PAPER, **kwargs)
+
+
+# -- the command line ------------------------------------------------------------------------------
+
+
+def _mnn(argv: list[str]) -> int:
+    import argparse
+
+    from host_sdk.cli_rig import add_parser
+
+    parser = argparse.ArgumentParser(prog="mnn")
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_parse_ports() -> None:
+    from host_sdk.cli_rig import parse_ports
+
+    assert parse_ports(["3=/dev/pts/4", "12=serial:///dev/ttyACM0?baud=9600"]) == {
+        3: "/dev/pts/4", 12: "serial:///dev/ttyACM0?baud=9600"}
+    assert parse_ports(["serial:///dev/x?baud=9600"], single=5) == {5: "serial:///dev/x?baud=9600"}
+    assert parse_ports(None, '{"boards": {"0": "/dev/pts/3", "1": "/dev/pts/4"}}', single=None) == {
+        0: "/dev/pts/3", 1: "/dev/pts/4"}
+    assert parse_ports(["1=/dev/pts/9"], '{"1": "/dev/pts/4"}') == {1: "/dev/pts/9"}
+    for args, match in (((["/dev/pts/4"], None), "say which board it is for"),
+                        ((None, "{"), "not valid JSON"), ((None, '{"x": "/dev/a"}'), "not an integer"),
+                        ((None, "[1]"), "expects"), ((None, '{"3": 4}'), "has no port string")):
+        with pytest.raises(ConfigError, match=match):
+            parse_ports(*args)
+
+
+@pytest.mark.micropython
+def test_mnn_deploy_dry_run_on_a_blank_board(blank_rig: EmulatedRig, capsys: Any) -> None:
+    emu, a = blank_rig, 10
+    ports = json.dumps({"boards": {str(b): p for b, p in emu.paths.items()}})
+    assert _mnn(["deploy", "--rig", "paper", "--ports", ports, "--board", str(a), "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    rows = out.splitlines()
+    assert rows[0].split() == ["board", "port", "copied", "skipped", "firmware", "hash", "result"]
+    assert rows[1].split()[:5] == [str(a), emu.paths[a], "22", "0", "-"]
+    assert "dry run: hal_board.py, main.py, mnnfw/__init__.py" in rows[1] and rows[1].endswith("board.cfg, fw.hash")
+    assert err.splitlines()[0] == f"board {a}: found REPL on {emu.paths[a]}"
+    assert os.listdir(emu.flash_dirs[a]) == []  # a dry run changes nothing
+
+
+def test_mnn_deploy_bad_port() -> None:
+    with pytest.raises(TransportError, match="port /dev/ttyACM97 does not exist"):
+        _mnn(["deploy", "--rig", "paper", "--board", "3", "--port", "/dev/ttyACM97"])

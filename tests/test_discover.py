@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tty
@@ -191,3 +192,29 @@ def test_a_task_the_boards_cannot_serve_is_left_out() -> None:
 def test_skeleton_errors(found: list[Dv.FoundBoard], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         Dv.skeleton_rig(found)
+
+
+def _mnn(argv: list[str]) -> int:
+    import argparse
+
+    from host_sdk.cli_rig import add_parser
+
+    parser = argparse.ArgumentParser(prog="mnn")
+    add_parser(parser.add_subparsers())
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+def test_mnn_rig_discover_writes_a_rig(paper_ptys: EmulatedRig, tmp_path: Path, capsys: Any) -> None:
+    emu = paper_ptys
+    ports = json.dumps({"boards": {str(a): p for a, p in emu.paths.items()}})
+    path = tmp_path / "found.toml"
+    assert _mnn(["rig", "discover", "--ports", ports, "--port", emu.paths[0], "--no-system",
+                 "--timeout", "0.3", "--write", str(path)]) == 0
+    out, err = capsys.readouterr()
+    rows = out.splitlines()
+    assert len(rows) == 15 and rows[14].split()[:3] == [f"serial://{emu.paths[13]}", "-", "13"]
+    assert err.splitlines()[-1] == f"wrote {path}: 14 boards, tasks fig1, behaviour, regression, iris"
+    assert load_rig(str(path)).board(13).port == "serial://" + emu.paths[13]
+    with pytest.raises(ConfigError, match="rig: a subcommand is required: discover"):
+        _mnn(["rig"])
