@@ -89,6 +89,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from e
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def make_backend(args: argparse.Namespace, task: Task, seed: int) -> Backend:
     """The backend named by ``args.backend`` for one stage of one seed's run.
 
@@ -277,7 +287,41 @@ def _add_training_options(parser: argparse.ArgumentParser, seeds: str, backend: 
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.faults or args.journal or args.resume:
+        return _train_reliable(args)
+    if args.task is None:
+        raise _UsageError("train: the following arguments are required: --task (or --resume DIR)")
     return _train_and_report(args, args.task, args.out)
+
+
+def _train_reliable(args: argparse.Namespace) -> int:
+    """``mnn train`` on a rig with a fault profile and/or a journal (docs/reliability.md)."""
+    from .journal import RigRunOptions, run_on_rig
+
+    if args.resume:
+        if args.journal or args.faults or args.task:
+            raise _UsageError("train: --resume DIR continues a run with its own options; give no "
+                              "--task, --faults or --journal")
+        result = run_on_rig(journal_dir=args.resume, resume=True)
+    else:
+        if args.backend != "rig":
+            raise _UsageError("train: --faults and --journal need --backend rig")
+        if args.task is None:
+            raise _UsageError("train: the following arguments are required: --task")
+        seeds = parse_seeds(args.seeds)
+        if len(seeds) != 1:
+            raise _UsageError("train: a journaled or fault-injected run takes one seed")
+        options = RigRunOptions(task=args.task, seed=seeds[0], epochs=args.epochs, lr=args.lr,
+                                rig=args.rig, micropython=args.micropython, noiseless=args.noiseless,
+                                tau_ms=args.tau_ms, faults=args.faults or "")
+        result = run_on_rig(options, journal_dir=args.journal)
+    if args.json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+    else:
+        final = result.history.final()
+        sys.stdout.write(", ".join(f"{k} {v:.4g}" for k, v in final.items()) + "\n")
+        sys.stdout.write(result.summary + "\n")
+    return 0
 
 
 def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -285,8 +329,19 @@ def add_train_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "train", help="train one of the paper's tasks",
         description="Train a task of the paper, once per seed, and report mean and spread.")
-    parser.add_argument("--task", required=True, choices=EXPERIMENT_NAMES, help="what to learn")
+    parser.add_argument("--task", choices=EXPERIMENT_NAMES, help="what to learn (required unless --resume)")
     _add_training_options(parser, seeds="0")
+    parser.add_argument("--faults", metavar="PROFILE",
+                        help="with --backend rig: inject faults, e.g. drop=0.01,corrupt=0.01,"
+                             "reboot_every=200 (keys in docs/reliability.md); reports what was injected")
+    parser.add_argument("--journal", metavar="DIR",
+                        help="with --backend rig: journal every step and checkpoint after every batch "
+                             "in DIR, so a killed run can be resumed")
+    parser.add_argument("--resume", metavar="DIR",
+                        help="continue the killed run journaled in DIR, to the same result")
+    parser.add_argument("--tau-ms", type=_nonnegative_float, metavar="MS",
+                        help="emulated rig: settling time constant (0: instant, so a run is "
+                             "reproducible bit for bit; default: the emulator's)")
     parser.add_argument("--out", metavar="DIR",
                         help="write history.json, stiffness-seed<S>.json and PNG figures to DIR")
     parser.set_defaults(func=_cmd_train)

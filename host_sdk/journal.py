@@ -198,22 +198,24 @@ class Journal:
         """Every board applied ``board_step``."""
         self.append({"event": "committed", "board_step": int(board_step)})
 
-    def pending_commit(self) -> tuple[dict[str, Any] | None, dict[str, list[float]] | None]:
-        """The last commit the journal announced but did not finish, and the revert map of
-        that commit if boards were being moved back (``None`` for either if there is none)."""
-        pending: dict[str, Any] | None = None
+    def last_commit(self) -> tuple[dict[str, Any] | None, dict[str, list[float]] | None, bool]:
+        """The last commit the journal announced, the map of boards being moved back if that
+        commit was interrupted while they were, and whether it finished (``committed``)."""
+        last: dict[str, Any] | None = None
         revert: dict[str, list[float]] | None = None
+        done = False
         for event in self.events():
             kind = event["event"]
             if kind == "commit":
-                pending = event
-                revert = None
-            elif kind == "revert" and pending is not None and event.get("board_step") == pending.get("board_step"):
+                last, revert, done = event, None, False
+            elif last is None or event.get("board_step") != last.get("board_step"):
+                continue
+            elif kind == "revert":
                 revert = dict(revert or {})
                 revert.update(event.get("k_new", {}))
-            elif kind == "committed" and pending is not None and event.get("board_step") == pending.get("board_step"):
-                pending, revert = None, None
-        return pending, revert
+            elif kind == "committed":
+                done = True
+        return last, (None if done else revert), done
 
     # -- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, state: TrainerState) -> None:
@@ -259,15 +261,17 @@ def train_journaled(
     if resume:
         state = journal.checkpoint()
         step = state.step if state is not None else first_step
-        pending, reverted = journal.pending_commit()
+        pending, reverted, _done = journal.last_commit()
         if pending is not None and int(pending.get("step", -1)) != step:
             if int(pending.get("step", -1)) < step:
-                pending, reverted = None, None  # an older commit already covered by the checkpoint
+                pending, reverted = None, None  # an older commit, covered by the checkpoint
             else:
                 raise ConfigError(
-                    f"{journal.journal_path}: a commit of step {pending.get('step')} is pending "
+                    f"{journal.journal_path}: a commit of step {pending.get('step')} is recorded "
                     f"but the checkpoint is at step {step}"
                 )
+        # finish the step (a commit the journal announced is completed on every board; a step
+        # whose commit never started is cleared and run again)
         if backend.resume_step(step, pending, reverted):
             if state is None:
                 raise ConfigError(
