@@ -288,11 +288,13 @@ class _Bench:
         args = {"n": cfg.readings, "tol": self.tol_counts, "timeout_ms": cfg.timeout_ms}
         for attempt in range(cfg.retries + 1):
             self.session.broadcast(Command.READ_RAW, args)
+            replies = self.session.request_many([(s.address, Command.READ_RAW, {"n": 0}) for s in self.read_boards])
             strain = np.full(self.rig.n_bonds, np.nan)
             disp: dict[int, FloatArray] = {}
             unsettled = []
-            for spec in self.read_boards:
-                r = self.session.request(spec.address, Command.READ_RAW, {"n": 0})
+            for spec, r in zip(self.read_boards, replies):
+                if isinstance(r, SdkError):
+                    raise r
                 n = int(r["n"])
                 if not r.get("settled", False):
                     unsettled.append(spec.address)

@@ -179,7 +179,7 @@ def add_rig_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 @contextmanager
-def _session_for(rig: Rig, ports: dict[int, str], seed: int) -> Iterator[Any]:
+def _session_for(rig: Rig, ports: dict[int, str], seed: int, timeout: float) -> Iterator[Any]:
     """A session on the rig; an emulated rig whose boards have no real port gets in-process
     boards for the duration of the command."""
     from .coordinator import RigSession
@@ -188,14 +188,14 @@ def _session_for(rig: Rig, ports: dict[int, str], seed: int) -> Iterator[Any]:
         b.address not in ports and (b.port or "").startswith("emu://") for b in rig.boards
     )
     if not emulated:
-        with RigSession(rig, ports) as session:
+        with RigSession(rig, ports, timeout=timeout) as session:
             yield session
         return
     from .emulator.rig import EmulatedRig
 
     with EmulatedRig(rig, seed=seed) as emu:
         merged = {**emu.ports, **ports}
-        with RigSession(rig, merged) as session:
+        with RigSession(rig, merged, timeout=timeout) as session:
             yield session
 
 
@@ -206,7 +206,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     ports = parse_ports(args.port, args.ports)
     config = CalibrationConfig(readings=args.readings, points=args.points, load_fraction=args.load_fraction)
     say = _say(sys.stderr)
-    with _session_for(rig, ports, args.seed) as session:
+    if not args.timeout > 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    with _session_for(rig, ports, args.seed, args.timeout) as session:
         report = calibrate(session, config, progress=say)
     worst_gain = max(f.residual for f in report.strain + report.disp)
     worst_k = max(max(c.stderr) for c in report.actuators)
@@ -242,6 +244,9 @@ def add_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--points", type=int, default=6, help="command levels of the actuator sweep (2-8, default 6)")
     parser.add_argument("--load-fraction", type=float, default=0.5,
                         help="known load as a fraction of force_max (default 0.5)")
+    parser.add_argument("--timeout", type=float, default=2.0,
+                        help="seconds to wait for a board's reply, per attempt (default 2; a measurement "
+                             "of --readings readings per channel must fit, with an HX711 at 10 or 80 samples/s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of an in-process emulated rig (default 0)")
     parser.set_defaults(func=_cmd_calibrate)
     return parser
