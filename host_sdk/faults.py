@@ -74,6 +74,7 @@ __all__ = [
     "FaultReport",
     "BoardControl",
     "EmulatedRigControl",
+    "LateControl",
     "FaultInjector",
     "FaultyTransport",
     "FaultyEndpoint",
@@ -400,6 +401,42 @@ class EmulatedRigControl:
             return {a: self._kept[a] + self._live_updates(a) for a in self.emu.addresses}
 
 
+class LateControl:
+    """A :class:`BoardControl` attached after the fact: an emulator that puts the injector in
+    front of its boards while it starts (``EmulatedRig(endpoint_wrapper=...)``) can only hand
+    out its power switches once it has started. Power cuts due before :meth:`attach` wait."""
+
+    def __init__(self) -> None:
+        self.target: BoardControl | None = None
+        self.synchronous = True
+
+    def attach(self, control: BoardControl) -> None:
+        """Use ``control`` from now on."""
+        self.target = control
+        self.synchronous = control.synchronous
+
+    def _control(self) -> BoardControl:
+        if self.target is None:
+            raise ConfigError("the boards' power switches are not attached yet")
+        return self.target
+
+    def power_cut(self, address: int) -> None:
+        """Switch the board off."""
+        self._control().power_cut(address)
+
+    def power_on(self, address: int) -> None:
+        """Boot the board from its flash."""
+        self._control().power_on(address)
+
+    def flash_dir(self, address: int) -> str | None:
+        """The board's flash directory."""
+        return self._control().flash_dir(address)
+
+    def note_rollback(self, address: int) -> None:
+        """A flash cut undid an applied UPDATE."""
+        self._control().note_rollback(address)
+
+
 def _read_files(d: str) -> dict[str, bytes | None]:
     out: dict[str, bytes | None] = {}
     for name in _STATE_FILES:
@@ -518,8 +555,11 @@ class _Port:
         self.last = data
         self.frames += frames
         every = self.profile.reboot_every
-        if not every or self.injector.control is None or not self.boards or self.frames < self.next_cut:
+        control = self.injector.control
+        if not every or control is None or not self.boards or self.frames < self.next_cut:
             return None
+        if isinstance(control, LateControl) and control.target is None:
+            return None  # the emulator is still starting: the cut comes at the next request
         self.next_cut += every
         address = self.boards[int(self.rng.integers(len(self.boards)))]
         cut = self.profile.cut[int(self.rng.integers(len(self.profile.cut)))]
@@ -757,7 +797,7 @@ class FaultInjector:
         self.profile = FaultProfile.parse(profile) if isinstance(profile, str) else profile
         if self.profile.reboot_every and control is None:
             raise ConfigError("reboot_every needs boards the injector can switch off (an emulated rig)")
-        if self.profile.world and world is None:
+        if self.profile.world and world is None and not isinstance(control, LateControl):
             raise ConfigError("sensor, actuator and bond faults need an emulated world")
         self.control = control
         self.world = world
@@ -819,7 +859,8 @@ class FaultInjector:
             if fault not in self._pending:
                 return
             self._pending.remove(fault)
-        assert self.world is not None
+        if self.world is None:
+            raise ConfigError(f"world fault {fault} is due but no emulated world is attached")
         fault.apply(self.world)
         with self.lock:
             self.report.world.append(f"{fault.kind} bond {fault.bond} at {when}")

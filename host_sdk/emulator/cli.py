@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any, TextIO
 
-from ..errors import SdkError
+from ..errors import ConfigError, SdkError
 from .rig import EmulatedRig
 
 __all__ = ["add_parser", "run", "main"]
@@ -50,6 +50,19 @@ def _configure(parser: argparse.ArgumentParser) -> None:
         help="with --micropython: start boards with empty flash at the REPL, for mnn deploy",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sensor models (default: 0)")
+    parser.add_argument(
+        "--faults",
+        metavar="PROFILE",
+        help="in-process boards: inject link faults, power cuts and world faults, e.g. "
+        "drop=0.01,corrupt=0.01,reboot_every=200 (docs/reliability.md); a JSON line "
+        '{"faults": ...} reports what was injected when the emulator stops',
+    )
+    parser.add_argument(
+        "--tau-ms",
+        type=float,
+        metavar="MS",
+        help="settling time constant of the world (0: instant; default: the emulator's)",
+    )
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -87,6 +100,12 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
     }
     try:
+        injector, wrapper = _fault_injector(args)
+        dynamics = None
+        if getattr(args, "tau_ms", None) is not None:
+            from .models import DynamicsSpec
+
+            dynamics = DynamicsSpec(tau_ms=float(args.tau_ms))
         emu = EmulatedRig(
             args.rig,
             micropython=args.micropython,
@@ -95,8 +114,16 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
             blank=args.blank,
             seed=args.seed,
             pty=True,
+            dynamics=dynamics,
+            endpoint_wrapper=wrapper,
         )
         try:
+            if injector is not None:
+                from ..faults import EmulatedRigControl, LateControl
+
+                assert isinstance(injector.control, LateControl)
+                injector.control.attach(EmulatedRigControl(emu))
+                injector.world = emu.world
             boards = {str(a): emu.paths[a] for a in emu.addresses}
             stream.write(json.dumps({"boards": boards}) + "\n")
             stream.flush()
@@ -104,10 +131,32 @@ def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
                 pass
         finally:
             emu.stop()
+            if injector is not None:
+                stream.write(json.dumps({"faults": injector.report.as_dict()}) + "\n")
+                stream.flush()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _fault_injector(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The injector of ``--faults`` and the endpoint wrapper that puts it before the boards."""
+    text = getattr(args, "faults", None)
+    if not text:
+        return None, None
+    from ..faults import FaultInjector, FaultProfile, LateControl
+
+    profile = FaultProfile.parse(text)
+    if args.micropython:
+        raise ConfigError(
+            "mnn emulate --faults needs in-process boards: for MicroPython boards the host injects "
+            "faults (mnn train --backend rig --micropython --faults ...)"
+        )
+    if any(w.at_step is not None for w in profile.world):
+        raise ConfigError("mnn emulate sees no trainer steps: schedule world faults by frames (@fN)")
+    injector = FaultInjector(profile, control=LateControl(), world=None)
+    return injector, injector.wrap_endpoint
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -30,7 +30,7 @@ from .. import protocol
 from ..errors import ConfigError, SdkError, TransportError
 from ..fwinfo import firmware_dir, firmware_files, firmware_hash
 from ..rig import BoardSpec, Rig, load_rig
-from ..transport import endpoint_names, register_endpoint, unregister_endpoint
+from ..transport import Endpoint, endpoint_names, register_endpoint, unregister_endpoint
 from .hal import BoardWiring
 from .inproc import BOARD_CFG, Bus, InProcessBoard
 from .models import ActuatorSpec, AdcSpec, DynamicsSpec, SensorSpec
@@ -220,6 +220,8 @@ class EmulatedRig:
             still ranged to the rig's limits).
         configure: configure unconfigured boards with :func:`configure_args` at start.
         start_timeout: seconds a MicroPython board may take to answer its first HELLO.
+        endpoint_wrapper: in-process boards: ``(bus, addresses) -> endpoint`` puts something
+            between each port and its boards (fault injection: ``FaultInjector.wrap_endpoint``).
 
     Attributes:
         rig: the rig.
@@ -248,6 +250,7 @@ class EmulatedRig:
         dynamics: DynamicsSpec | None = None,
         configure: bool = True,
         start_timeout: float = 20.0,
+        endpoint_wrapper: Callable[[Endpoint, list[int]], Endpoint] | None = None,
     ) -> None:
         self.rig = load_rig(rig) if isinstance(rig, str) else rig
         if not isinstance(self.rig, Rig):
@@ -279,6 +282,7 @@ class EmulatedRig:
         self._server: WorldServer | None = None
         self._supervisor: Supervisor | None = None
         self._stopped = False
+        self._wrap = endpoint_wrapper
         if flash_dir is None:
             self._root = tempfile.mkdtemp(prefix="mnn-emu-", dir=_scratch_dir())
             self._own_root = True
@@ -321,8 +325,11 @@ class EmulatedRig:
             if configure:
                 for s in specs:
                     self._configure_inproc(bus, s.address)
+        served: dict[str, Endpoint] = dict(self._buses)
+        if self._wrap is not None:
+            served = {key: self._wrap(bus, [s.address for s in groups[key]]) for key, bus in self._buses.items()}
         if pty:
-            self._bridge = PtyBridge(self._buses)
+            self._bridge = PtyBridge(served)
             self._bridge.start()
             for key, specs in groups.items():
                 path = self._bridge.ptys[key].path
@@ -332,7 +339,7 @@ class EmulatedRig:
         else:
             for key, specs in groups.items():
                 name = _endpoint_name(key, self.rig, specs[0].address)
-                register_endpoint(name, self._buses[key])
+                register_endpoint(name, served[key])
                 self._names.append(name)
                 for s in specs:
                     self.ports[s.address] = "emu://" + name
