@@ -154,6 +154,9 @@ class GainFit:
         residual: rms of the fit's residuals, in metres.
         x: the true lengths of the fitted points (twin), m.
         y: the raw counts of the fitted points (mean per reading).
+        measured: False for a bond between two pinned nodes, which no load stretches: it gets
+            the median gain of the measured channels (its readings still enter the boards'
+            settle checks) and nothing is fitted.
     """
 
     kind: str
@@ -167,6 +170,7 @@ class GainFit:
     residual: float
     x: list[float] = field(default_factory=list, repr=False)
     y: list[float] = field(default_factory=list, repr=False)
+    measured: bool = True
 
 
 @dataclass
@@ -180,6 +184,8 @@ class ActuatorCurve:
         stiffness: the stiffness measured at each command, N/m.
         stderr: standard error of each stiffness, N/m.
         table: the calibration table stored on the board, ``[[k, command], ...]`` by rising k.
+        measured: False for a bond between two pinned nodes (its stiffness does nothing): it
+            keeps the nominal table, and ``stiffness`` holds the nominal values.
     """
 
     bond: int
@@ -188,6 +194,7 @@ class ActuatorCurve:
     stiffness: list[float]
     stderr: list[float]
     table: list[list[float]]
+    measured: bool = True
 
 
 @dataclass
@@ -397,13 +404,15 @@ def _gain_fit(kind: str, address: int, index: int, axis: int, x: FloatArray, y: 
                    x.tolist(), y.tolist())
 
 
-def _stiffness_fit(net: Any, cases: Sequence[tuple[int, int, float]], s: FloatArray) -> tuple[FloatArray, FloatArray, float]:
-    """Least-squares stiffness of every bond from calibrated elongations ``s`` (cases, m):
-    node equilibrium ``Σ_b C_bd s_b k_b = f_d`` at every free DOF of every case.
+def _stiffness_fit(net: Any, cases: Sequence[tuple[int, int, float]], s: FloatArray,
+                   active: Sequence[int]) -> tuple[FloatArray, FloatArray, float]:
+    """Least-squares stiffness of the ``active`` bonds from calibrated elongations ``s``
+    (cases, len(active)): node equilibrium ``Σ_b C_bd s_b k_b = f_d`` at every free DOF of every
+    case (the other bonds join two pinned nodes and enter no free DOF's balance).
 
-    Returns (k, standard errors, rms residual in N).
+    Returns (k, standard errors, rms residual in N), over the active bonds.
     """
-    c_free = sp.csr_matrix(net.compatibility())[:, net.free_dofs]  # (m, n_free)
+    c_free = sp.csr_matrix(net.compatibility())[list(active)][:, net.free_dofs]  # (active, n_free)
     ct = sp.csr_matrix(c_free.T)
     blocks = []
     rhs = []
@@ -421,7 +430,7 @@ def _stiffness_fit(net: Any, cases: Sequence[tuple[int, int, float]], s: FloatAr
         chol = scipy.linalg.cho_factor(normal)
     except np.linalg.LinAlgError as e:
         diag = np.diag(normal)
-        blind = [int(i) for i in np.flatnonzero(diag <= 1e-12 * max(float(diag.max()), 1e-300))]
+        blind = [int(active[int(i)]) for i in np.flatnonzero(diag <= 1e-12 * max(float(diag.max()), 1e-300))]
         which = f"bonds {blind}" if blind else "some bonds"
         raise CalibrationError(
             f"the load cases do not determine the stiffness of {which}: no case stretches them "
@@ -603,22 +612,34 @@ def _fit(rig: Rig, cfg: CalibrationConfig, cases: Sequence[tuple[int, int, float
         twin_s.append(net.elongations(u))
     groups = np.repeat(np.arange(len(ends)), n_cases)
     owner = {b: spec for spec in rig.boards for b in spec.bonds}
-    strain: list[GainFit] = []
-    flat = [b for b in range(m)]
+    fixed = {int(n) for n in net.fixed}
+    pinned = {b for b, (i, j) in enumerate(net.bonds) if int(i) in fixed and int(j) in fixed}
+    active = [b for b in range(m) if b not in pinned]
+    for b in active:
+        if max(float(np.max(np.abs(t[:, b]))) for t in twin_s) < 1e-15:
+            i, j = (int(v) for v in net.bonds[b])
+            raise CalibrationError(
+                f"the known loads do not stretch bond {b} (nodes {i}-{j}), so its gain and stiffness "
+                "cannot be measured: the rig needs a force actuator that loads it"
+            )
     raw_ends = np.array([[snaps[j][c].strain for c in range(n_cases)] for j in ends])  # (2, cases, m)
-    all_flat = all(np.ptp(raw_ends[:, :, b]) < 1.0 for b in flat)
-    if all_flat:
+    if all(np.ptp(raw_ends[:, :, b]) < 1.0 for b in active):
         raise CalibrationError(
-            f"no load applied: none of the {m} strain channels changed under the known loads "
+            f"no load applied: none of the {len(active)} strain channels changed under the known loads "
             "(are the force actuators connected and powered?)"
         )
-    for b in flat:
+    fits: dict[int, GainFit] = {}
+    for b in active:
         spec = owner[b]
         ch = spec.strain_channels[list(spec.bonds).index(b)]
         x = np.concatenate([twin_s[e][:, b] for e in range(len(ends))])
         y = raw_ends[:, :, b].reshape(-1)
-        strain.append(_gain_fit("strain", spec.address, b, -1, x, y, groups, cfg,
-                                f"bond {b} (board {spec.address}, strain channel {ch})"))
+        fits[b] = _gain_fit("strain", spec.address, b, -1, x, y, groups, cfg,
+                            f"bond {b} (board {spec.address}, strain channel {ch})")
+    typical = float(np.median([f.gain for f in fits.values()]))
+    for b in sorted(pinned):
+        fits[b] = GainFit("strain", owner[b].address, b, -1, typical, 1.0 / typical, 0.0, 0.0, 0.0, measured=False)
+    strain = [fits[b] for b in range(m)]
     disp: list[GainFit] = []
     for spec in rig.boards:
         if not spec.disp:
@@ -628,22 +649,28 @@ def _fit(rig: Rig, cfg: CalibrationConfig, cases: Sequence[tuple[int, int, float
             y = np.array([[snaps[j][c].disp[spec.node][axis] for c in range(n_cases)] for j in ends]).reshape(-1)
             disp.append(_gain_fit("disp", spec.address, spec.node, axis, x, y, groups, cfg,
                                   f"the displacement sensor of board {spec.address} ({'xy'[axis]})"))
-    gains = np.array([f.gain for f in strain])
+    gains = np.array([fits[b].gain for b in active])
     k_levels = np.zeros((len(levels), m))
     k_err = np.zeros((len(levels), m))
     residuals = []
     for j in range(len(levels)):
-        raw = np.array([snaps[j][c].strain for c in range(n_cases)])
+        raw = np.array([snaps[j][c].strain[active] for c in range(n_cases)])
         s = gains * (raw[1:] - raw[0])
-        k_levels[j], k_err[j], res = _stiffness_fit(net, cases, s)
+        k_levels[j, active], k_err[j, active], res = _stiffness_fit(net, cases, s, active)
         residuals.append(res)
     curves = []
     for b in range(m):
         spec = owner[b]
         commands = [float(levels[j][b]) for j in range(len(levels))]
+        step = (ref[b][1] - ref[b][0]) / (len(levels) - 1)
+        if b in pinned:
+            nominal = [ref[b][0] + step * j for j in range(len(levels))]
+            table = [[ref[b][0], commands[0]], [ref[b][1], commands[-1]]]
+            curves.append(ActuatorCurve(b, spec.address, commands, nominal, [0.0] * len(levels), table,
+                                        measured=False))
+            continue
         ks = k_levels[:, b].tolist()
         errs = k_err[:, b].tolist()
-        step = (ref[b][1] - ref[b][0]) / (len(levels) - 1)
         curves.append(ActuatorCurve(b, spec.address, commands, ks, errs,
                                     _table(b, spec.address, commands, ks, errs, step)))
     return CalibrationReport(
@@ -704,7 +731,7 @@ def write_report(report: CalibrationReport, out_dir: str | Path) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         paths = [out / "calibration.json"]
         paths[0].write_text(json.dumps(report.to_dict(), indent=1) + "\n", encoding="utf-8")
-        for name, fits, label in (("strain_gains.png", report.strain, "elongation"),
+        for name, fits, label in (("strain_gains.png", [f for f in report.strain if f.measured], "elongation"),
                                   ("disp_gains.png", report.disp, "displacement")):
             if not fits:
                 continue
@@ -729,7 +756,7 @@ def write_report(report: CalibrationReport, out_dir: str | Path) -> list[Path]:
             plt.close(fig)
             paths.append(out / name)
         fig, ax = plt.subplots(figsize=(7, 5))
-        for c in report.actuators:
+        for c in (c for c in report.actuators if c.measured):
             line = ax.errorbar(c.commands, c.stiffness, yerr=c.stderr, fmt="o", ms=2.5, lw=0.6)
             t = np.asarray(c.table)
             ax.plot(t[:, 1], t[:, 0], "-", lw=0.5, color=line[0].get_color())

@@ -216,3 +216,23 @@ def test_mnn_calibrate_on_the_emulated_rig(tmp_path: Path, capsys: Any) -> None:
     with pytest.raises(ConfigError, match="points must be an integer 2..8"):
         parser_args = parser.parse_args(["calibrate", "--rig", "paper", "--points", "9"])
         parser_args.func(parser_args)
+
+
+def test_bonds_between_pinned_nodes_are_left_unmeasured() -> None:
+    rig = load_rig("lattice:3x4")  # its top row is pinned: bonds 0-1, 1-2, 2-3 never stretch
+    fixed = set(int(n) for n in rig.network.fixed)
+    pinned = [b for b, (i, j) in enumerate(rig.network.bonds) if i in fixed and j in fixed]
+    assert len(pinned) == 3
+    with EmulatedRig(rig, seed=2) as emu, RigSession(rig, emu.ports) as session:
+        report = Cal.calibrate(session, Cal.CalibrationConfig(points=2, readings=4))
+        world = emu.world
+        measured = [f for f in report.strain if f.measured]
+        assert [f.index for f in report.strain if not f.measured] == pinned
+        assert max(abs(f.gain / world.strain_channel(f.index).true_gain - 1) for f in measured) < 1e-3
+        median = float(np.median([f.gain for f in measured]))
+        assert all(report.strain[b].gain == median for b in pinned)
+        for b in pinned:
+            assert not report.actuators[b].measured
+            assert report.actuators[b].table == [[rig.k_min, 1000.0], [rig.k_max, 2000.0]]
+        assert max(abs(k - emu.actuators.stiffness_of(c)) for cv in report.actuators if cv.measured
+                   for k, c in zip(cv.stiffness, cv.commands)) < DK_PER_US
