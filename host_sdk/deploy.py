@@ -404,7 +404,10 @@ class _Mpremote:
         out = self.run(*commands, what=what)
         for line in reversed(out.splitlines()):
             if line.startswith(_MARK):
-                value: dict[str, Any] = json.loads(line[len(_MARK):])
+                try:
+                    value: dict[str, Any] = json.loads(line[len(_MARK):])
+                except ValueError as e:
+                    raise _Failure(f"{what}: the board printed a damaged result ({e})") from e
                 return value
         raise _Failure(f"{what}: the board printed no result (got {out.strip()[-80:]!r})")
 
@@ -623,7 +626,7 @@ def deploy(
                     the_rig, spec, urls[spec.address], probe, dry_run=dry_run, timeout=timeout,
                     boot_timeout=boot_timeout, say=lambda text: say(spec.address, text),
                 )
-            except (_Failure, SdkError) as e:
+            except (_Failure, SdkError, OSError) as e:
                 say(spec.address, f"failed: {e}")
                 return DeployResult(spec.address, urls[spec.address], message=f"failed: {e}")
 
