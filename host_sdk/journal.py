@@ -376,6 +376,12 @@ def _task_on_rig(task: Task, rig: Rig) -> Task:
                    k_max=rig.k_max, setup=None)
 
 
+def _needs_emulator(rig: Rig) -> bool:
+    """An emulated rig whose ports are not given (or are in-process names) is started here; a
+    rig file naming serial ports (real boards, or ``mnn emulate``'s terminals) is opened."""
+    return bool(rig.emulated) and any(not b.port or b.port.startswith("emu://") for b in rig.boards)
+
+
 def run_on_rig(
     options: RigRunOptions | None = None,
     *,
@@ -423,7 +429,7 @@ def run_on_rig(
     with ExitStack() as stack:
         emu = None
         ports = None
-        if rig.emulated:
+        if _needs_emulator(rig):
             flash = opts.flash_dir
             if flash is None and journal is not None:
                 flash = str(journal.dir / "flash")

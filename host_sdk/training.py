@@ -371,13 +371,14 @@ class TrainerState:
     """Where a :class:`Trainer` is in its stage, for checkpoints (see :mod:`host_sdk.journal`).
 
     Attributes:
-        epoch: the epoch in progress (1-based; ``epochs + 1`` once every epoch is done).
+        epoch: the epoch in progress (1-based).
         batch: batches of that epoch already applied.
         step: number of the next update.
         rng: state of the shuffling generator at the start of ``epoch``, before it drew the
             epoch's permutation (``numpy`` bit-generator state).
         history: the stage's record so far.
-        k_before: stiffness at the start of ``epoch`` (for the ``k_tol`` stop), or None.
+        k_before: stiffness at the start of ``epoch`` (for the ``k_tol`` stop); None makes a
+            resumed trainer read it from the backend.
     """
 
     epoch: int
@@ -442,8 +443,8 @@ class Trainer:
         first_step: number of the first update (steps must keep increasing on a rig whose
             boards remember the last applied step).
         stage: stage index reported to ``progress``.
-        checkpoint: called with a :class:`TrainerState` before the first batch, after every
-            batch and after every epoch (a journal saves it).
+        checkpoint: called with a :class:`TrainerState` as every epoch starts and after every
+            batch (a journal saves it).
         resume: continue from this state (a checkpoint of the same task, seed and overrides)
             instead of starting the stage.
 
@@ -517,8 +518,6 @@ class Trainer:
             hist = StageHistory(task=task.name, metric=task.metric)
             self._evaluate(hist, 0, f_all, split.y_train, split.y_test)
             first_epoch, skip, step, k_start = 1, 0, self.first_step, None
-            if self.checkpoint is not None:
-                self.checkpoint(TrainerState(1, 0, step, rng.bit_generator.state, hist))
         else:
             hist = state.history
             rng.bit_generator.state = state.rng
@@ -527,6 +526,8 @@ class Trainer:
             rng_state = rng.bit_generator.state
             resumed = epoch == first_epoch and k_start is not None
             k_before = np.asarray(k_start, dtype=np.float64) if resumed else self.backend.stiffness()
+            if self.checkpoint is not None and not resumed:
+                self.checkpoint(TrainerState(epoch, 0, step, rng_state, hist, [float(x) for x in k_before]))
             order = rng.permutation(n)
             for index, start in enumerate(range(0, n, self.batch_size)):
                 if epoch == first_epoch and index < skip:
@@ -555,8 +556,6 @@ class Trainer:
                 if change <= task.k_tol:
                     hist.converged = True
                     break
-            if self.checkpoint is not None:
-                self.checkpoint(TrainerState(epoch + 1, 0, step, rng.bit_generator.state, hist))
         self.next_step = step
         return hist
 
