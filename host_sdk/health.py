@@ -268,9 +268,13 @@ class HealthMonitor:
         if denom <= 0.0:
             return False
         t = float(np.sum(own * r[:, b])) / denom
-        before = float(np.max(np.abs(r[:, others])))
-        after = float(np.max(np.abs(r[:, others] - t * basis[:, others])))
-        return after < 0.5 * before
+        # the readings of the others that this change predicts: present (most of their energy
+        # is explained) or absent (the others stay as they were: the sensor alone is wrong)
+        pred = t * basis[:, others]
+        energy = float(np.sum(pred * pred))
+        before = float(np.sum(r[:, others] ** 2))
+        after = float(np.sum((r[:, others] - pred) ** 2))
+        return energy > 0.0 and after <= before - 0.5 * energy
 
     def _mechanical_finding(
         self, k: Array, meas: Array, twin: Array, scale: Array, g: Array, use: Array, bad: list[int]

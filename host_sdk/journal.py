@@ -30,7 +30,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,8 @@ import numpy as np
 
 from .coordinator import RigBackend, RigSession
 from .errors import ConfigError
-from .faults import FaultInjector, FaultProfile, FaultReport
+from .faults import EmulatedRigControl, FaultInjector, FaultProfile, FaultReport
+from .protocol import Command
 from .rig import Rig, load_rig
 from .tasks import Task, get_experiment
 from .training import History, Progress, Trainer, TrainerState
@@ -347,12 +348,15 @@ class RigRunResult:
         faults: what was injected (None without a profile).
         recovery: link counters and recovery statistics (``RigBackend.report()``).
         summary: one line on faults and recovery.
+        updates: address -> UPDATEs each board applied and kept during the run (from the
+            emulator's ledger across power cuts, else from the boards' STATUS counters).
     """
 
     history: History
     faults: FaultReport | None
     recovery: dict[str, Any]
     summary: str
+    updates: dict[int, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
@@ -362,6 +366,7 @@ class RigRunResult:
             "faults": None if self.faults is None else self.faults.as_dict(),
             "recovery": self.recovery,
             "summary": self.summary,
+            "updates": {str(a): n for a, n in sorted(self.updates.items())},
         }
 
 
@@ -473,4 +478,11 @@ def run_on_rig(
         line = backend.report_line()
         if injector is not None:
             line = injector.report.summary() + "; " + line
-        return RigRunResult(history, None if injector is None else injector.report, backend.report(), line)
+        control = injector.control if injector is not None else None
+        if isinstance(control, EmulatedRigControl) and control.synchronous:
+            updates = control.updates()
+        else:
+            updates = {s.address: int(session.request(s.address, Command.STATUS)["updates"])
+                       for s in rig.boards if s.bonds}
+        return RigRunResult(history, None if injector is None else injector.report, backend.report(), line,
+                            updates)
