@@ -754,9 +754,9 @@ class RigBackend:
             if not unsure:
                 by_address = dict(zip(self._outputs, results))
                 for i, (node, axis) in enumerate(self.io.outputs):
-                    reply = by_address[self._output_nodes[node]]
-                    assert isinstance(reply, dict)
-                    y[i] = reply["ux" if axis == 0 else "uy"]
+                    read = by_address[self._output_nodes[node]]
+                    assert isinstance(read, dict)
+                    y[i] = read["ux" if axis == 0 else "uy"]
                 return y
             for address in unsure:
                 confirmed.discard(address)

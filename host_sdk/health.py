@@ -200,9 +200,9 @@ class HealthMonitor:
             # close, so the sensor is stuck however small the signal
             floor = max(1e-3 * float(scale[1]), 1e-9)
             same = np.abs(meas[1]) <= _SAME * np.abs(meas[0]) + 1e-15
-            for b in np.flatnonzero(use & same & (np.abs(twin[1]) > floor)):
-                report.findings.append(self._stuck(int(b), meas, per_bond))
-                use[b] = False
+            for stuck in np.flatnonzero(use & same & (np.abs(twin[1]) > floor)):
+                report.findings.append(self._stuck(int(stuck), meas, per_bond))
+                use[stuck] = False
         per_bond_used = np.where(use, per_bond, np.nan)
         worst = float(np.nanmax(per_bond_used)) if use.any() else 0.0
         report.residual = worst

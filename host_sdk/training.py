@@ -20,7 +20,7 @@ Nothing here prints: progress goes through a callback.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -384,7 +384,7 @@ class TrainerState:
     epoch: int
     batch: int
     step: int
-    rng: dict[str, Any]
+    rng: Mapping[str, Any]
     history: StageHistory
     k_before: list[float] | None = None
 
