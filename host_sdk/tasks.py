@@ -349,7 +349,7 @@ def _iris() -> Task:
         network=setup.network, k0=setup.k0, k_min=setup.k_min, k_max=setup.k_max,
         io=setup.io["iris"], loss=SoftmaxCE(c=15.0), metric="accuracy",
         features=x / np.max(x, axis=0), targets=labels, test_fraction=0.3, batch_size=16,
-        epochs=100, optimiser=OptimiserConfig("adam", lr=1.0, eps=1e-12), class_names=names,
+        epochs=100, optimiser=OptimiserConfig("adam", lr=2.0, eps=1e-12), class_names=names,
         setup=setup,
     )
 

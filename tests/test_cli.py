@@ -128,7 +128,7 @@ def test_damage_table_output(capsys) -> None:
 
 def test_demo_writes_figures(capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, out, _ = _run(capsys, "demo", "--seeds", "0", "--epochs", "2")
+    code, out, _ = _run(capsys, "demo", "--backend", "sim", "--seeds", "0", "--epochs", "2")
     assert code == 0
     assert out.startswith("iris: Iris")
     assert (tmp_path / "mnn-demo" / "network-seed0.png").read_bytes()[:8] == PNG_MAGIC
