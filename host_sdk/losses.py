@@ -76,7 +76,7 @@ def _outputs(y: ArrayLike, min_outputs: int = 1) -> Array:
         raise ConfigError(
             f"outputs must have shape (B, n_out) with n_out >= {min_outputs}, got {arr.shape}"
         )
-    if not np.all(np.isfinite(arr)):
+    if not np.isfinite(arr).all():
         raise ConfigError(f"outputs of shape {arr.shape} contain NaN or infinity")
     return arr
 
@@ -92,7 +92,7 @@ def _labels(target: ArrayLike | None, batch: int, n_classes: int) -> NDArray[np.
         as_float = arr.astype(np.float64) if arr.dtype.kind in "fb" else np.full(arr.shape, np.nan)
         if not np.all(np.isfinite(as_float)) or np.any(as_float != np.round(as_float)):
             raise ConfigError(f"class labels must be integers, got dtype {arr.dtype}")
-    labels = arr.astype(np.intp)
+    labels = arr if arr.dtype == np.intp else arr.astype(np.intp)
     if batch and (labels.min() < 0 or labels.max() >= n_classes):
         b = int(np.flatnonzero((labels < 0) | (labels >= n_classes))[0])
         raise ConfigError(f"class label {int(labels[b])} at sample {b} is outside 0..{n_classes - 1}")

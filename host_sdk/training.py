@@ -27,7 +27,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from .errors import ConfigError, FloppyNetworkError
 from .optim import Optimiser, OptimiserConfig
-from .physics import IOMap, Network, forward_adjoint, validate_stiffness
+from .physics import Factor, IOMap, Network, forward_adjoint, validate_stiffness
 from .tasks import Experiment, Stage, Task, get_experiment
 
 __all__ = [
@@ -156,6 +156,7 @@ class SimBackend:
         self._count = 0
         self._pending_step: int | None = None
         self._last_applied: int | None = None
+        self._factor: Factor | None = None
         #: The batch-mean gradient ``dL/dk`` applied by the latest :meth:`update`.
         self.last_gradient: Array | None = None
 
@@ -174,6 +175,12 @@ class SimBackend:
                 flat[:, dof] += x[:, col]
         return flat.reshape(x.shape[0], -1, 2)
 
+    def _current_factor(self) -> Factor:
+        """The factorisation of ``K(k)`` for the current stiffness (kept until ``k`` changes)."""
+        if self._factor is None:
+            self._factor = self.network.factorize(self._opt.k, solver=self.solver)
+        return self._factor
+
     def train_batch(self, step: int, inputs: Array, adjoint: AdjointFn) -> Array:
         """See :meth:`Backend.train_batch`. Batches of one step accumulate until :meth:`update`."""
         if self._pending_step is not None and self._pending_step != step:
@@ -186,7 +193,7 @@ class SimBackend:
         def adjoint_all(y: Array) -> Array:
             return np.asarray(adjoint(y, rows), dtype=np.float64)
 
-        factor = self.network.factorize(self._opt.k, solver=self.solver)
+        factor = self._current_factor()
         y, grad, _ = forward_adjoint(self.network, None, forces, self._out_dofs, adjoint_all,
                                      factor=factor)
         self._grad_sum += grad * forces.shape[0]
@@ -202,6 +209,7 @@ class SimBackend:
             raise ConfigError(f"no gradient accumulated for step {step}")
         self.last_gradient = self._grad_sum / self._count
         self._opt.step(self.last_gradient)
+        self._factor = None
         self._last_applied = step
         self.discard()
 
@@ -214,7 +222,7 @@ class SimBackend:
     def evaluate(self, inputs: Array) -> Array:
         """Forward only: ``(B, n_in)`` N -> ``(B, n_out)`` m, one factorisation."""
         forces = self._forces(inputs)
-        factor = self.network.factorize(self._opt.k, solver=self.solver)
+        factor = self._current_factor()
         u = np.asarray(self.network.solve(None, forces, factor=factor))
         return u.reshape(forces.shape[0], -1)[:, self._out_flat]
 
@@ -226,6 +234,7 @@ class SimBackend:
         """Set the stiffness (within the bounds); the optimiser's state starts fresh."""
         arr = validate_stiffness(k, self.n_bonds)
         self._opt.reset(arr)
+        self._factor = None
 
     # -- TunableBackend ----------------------------------------------------------------------
     @property
