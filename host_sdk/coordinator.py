@@ -236,6 +236,8 @@ class RigSession:
             self.close()
             raise
         self.boards: dict[int, BoardState] = {a: BoardState(address=a, url=u) for a, u in urls.items()}
+        #: address -> the latest stiffness each board reported (READ_BONDS)
+        self.known_k: dict[int, list[float]] = {}
         if parallel is None:
             parallel = any(not _in_process(link.transport) for link in self.links.values())
         self.parallel = bool(parallel) and len(self.links) > 1
@@ -431,7 +433,14 @@ class RigSession:
             if isinstance(result, SdkError):
                 raise result
             out[address] = result
+            self.note_stiffness(address, result)
         return out
+
+    def note_stiffness(self, address: int, bonds: Mapping[str, Any]) -> None:
+        """Remember the stiffness a board reported (``READ_BONDS``), to configure it again
+        should it come back blank."""
+        if list(bonds.get("bonds", [])) == list(self.rig.board(address).bonds):
+            self.known_k[address] = [float(x) for x in bonds.get("k", [])]
 
     def read_stiffness(self) -> NDArray[np.float64]:
         """Ask every board for its bonds' stiffness (diagnostics; traffic grows with bonds)."""
@@ -617,7 +626,6 @@ class RigBackend:
         #: READ_BONDS of every bonded board before the last commit (the last sample's
         #: elongations and the stiffness the batch was measured with), for health checks
         self.last_readback: dict[int, dict[str, Any]] = {}
-        self._k_old: dict[int, list[float]] = {}
         self._stage = "idle"
         # Boards refuse a step id they have already applied, and keep the last one across runs
         # and reboots: the trainer's steps 0, 1, ... map to board steps after the newest one.
@@ -779,17 +787,20 @@ class RigBackend:
             raise
         except TransportError:
             return
-        if state.reboots_seen != before:
+        blank = not hello.get("configured", False)
+        if state.reboots_seen != before or blank:
+            # a board whose flash was lost starts its boot counter again: blank says it all
             self.stats.reboots_seen += 1
-        if not hello.get("configured", False):
+        if blank:
             self._resync(address)
 
     def _resync(self, address: int) -> None:
         """Configure a board that came back blank: its bonds at the last stiffness the host
-        read, and a new tare (every load off)."""
+        read (after the last commit if the host read it since, else before it), and a new tare
+        (every load off). Its optimiser state is lost with its flash: it starts afresh."""
         spec = self.rig.board(address)
         k = np.full(self.n_bonds, self.rig.k0)
-        for b, value in zip(spec.bonds, self._k_old.get(address, [])):
+        for b, value in zip(spec.bonds, self.session.known_k.get(address, [])):
             k[b] = value
         self.session.request(address, Command.CONFIGURE, configure_args(self.rig, spec, k))
         self._zero_loads()
@@ -919,11 +930,16 @@ class RigBackend:
             for address, r in zip(targets, results):
                 if isinstance(r, NodeError):
                     raise r
-                if isinstance(r, SdkError) or r.get("step") != rec.board_step or r.get("count") != rec.count:
+                if isinstance(r, dict) and list(r.get("bonds", [])) != list(self.rig.board(address).bonds):
+                    # the board lost its configuration (flash gone): configure it again first
+                    self._note_trouble(address)
+                    behind.append(address)
+                elif isinstance(r, SdkError) or r.get("step") != rec.board_step or r.get("count") != rec.count:
                     behind.append(address)
                 else:
                     k_old[address] = [float(x) for x in r["k"]]
                     self.last_readback[address] = r
+                    self.session.note_stiffness(address, r)
             if not behind:
                 return k_old
             self._replay(behind, upto=rec.count - 1, record=rec)
@@ -1027,7 +1043,6 @@ class RigBackend:
         if rec is None or rec.step != step or self._stage != "sampled":
             raise SdkError(f"update({step}) without a matching train_batch")
         k_old = self._readback(rec) if self.recovery.readback else {}
-        self._k_old.update(k_old)
         if self.journal is not None:
             record = rec.to_dict()
             record["k_old"] = {str(a): k for a, k in k_old.items()}

@@ -367,3 +367,40 @@ def test_protocol_frames_stay_within_bounds_under_faults() -> None:
     t.write(frame)
     assert len(pipe.sent) == 2 * len(frame)
     assert P.Deframer().feed(bytes(pipe.sent)) == []
+
+
+def test_a_board_that_comes_back_blank_is_configured_again() -> None:
+    # Its flash is gone (both records lost): it boots blank, owning no bonds, and would
+    # happily count samples. The read-back sees the wrong bonds, HELLO says unconfigured, and
+    # the host configures it (its last read-back stiffness, a new tare) and replays it.
+    task = IRIS
+    with EmulatedRig(PAPER, noiseless=True, dynamics=DynamicsSpec(tau_ms=0)) as emu:
+        with RigSession(PAPER, emu.ports) as s:
+            s.handshake()
+            s.configure()
+            s.tare()
+            backend = RigBackend(s, PAPER.io["iris"], optimiser=task.optimiser)
+            split = task.split(0)
+            for step in range(2):
+                rows = np.arange(step * 8, step * 8 + 8)
+                targets = split.y_train[rows]
+                if step == 1:
+                    k_before = backend.stiffness()
+                    emu.kill_board(5)
+                    for name in ("state.mp", "state.tmp"):
+                        path = f"{emu.flash_dirs[5]}/{name}"
+                        if __import__("os").path.exists(path):
+                            __import__("os").remove(path)
+                    emu.restart_board(5)
+                backend.train_batch(step, task.input_forces(split.x_train[rows]),
+                                    lambda y, idx, t=targets: -task.loss.grad(y, t[np.asarray(idx)]))
+                backend.update(step)
+            assert backend.stats.resyncs == 1 and backend.stats.reboots_seen == 1
+            hello = s.hello(5)
+            assert hello["configured"] and hello["bonds"] == list(PAPER.board(5).bonds)
+            k = backend.stiffness()
+            assert np.all(np.isfinite(k))
+            # the board restarted from the stiffness it had, then applied step 1 with a fresh
+            # optimiser: its bonds moved, by no more than one Adam step (lr) each
+            for b in PAPER.board(5).bonds:
+                assert 0 < abs(k[b] - k_before[b]) <= task.optimiser.lr * 1.001
