@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence, TextIO
 
-import numpy as np
+# The network solves are small; a multi-threaded BLAS spinning on every core only slows them
+# (and the emulated boards sharing those cores). Must be set before numpy loads its BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 from . import __version__
 from .errors import ConfigError, SdkError
