@@ -885,7 +885,10 @@ def open_faulty(url: str, *, control: BoardControl | None = None, boards: Sequen
     mine: list[str] = []
     kept: list[str] = []
     for key, value in parse_qsl(query, keep_blank_values=True):
-        (mine if key in keys else kept).append(f"{key}={value}")
+        if key in keys:
+            mine.append(f"{key}={value.replace(' ', '+')}")  # a query's '+' decodes to ' '
+        else:
+            kept.append(f"{key}={value}")
     if not inner:
         raise ConfigError(f"port URL {url!r} wraps no inner URL: expected faulty://<url>?drop=...")
     if kept:

@@ -197,6 +197,9 @@ def test_open_faulty_url_wraps_any_transport() -> None:
         assert t._port.injector.report.dropped == 6  # type: ignore[attr-defined]
     finally:
         t.close()
+    t = open_faulty("faulty://loop://?cut=frame+flash&reboot_every=3", control=Switches())
+    assert t._port.profile.cut == ("frame", "flash")  # type: ignore[attr-defined]
+    t.close()
     with pytest.raises(ConfigError, match="wraps no inner URL"):
         open_faulty("faulty://?drop=0.1")
     with pytest.raises(ConfigError, match="loop:// takes no options"):  # the inner URL's own
@@ -404,3 +407,29 @@ def test_a_board_that_comes_back_blank_is_configured_again() -> None:
             # optimiser: its bonds moved, by no more than one Adam step (lr) each
             for b in PAPER.board(5).bonds:
                 assert 0 < abs(k[b] - k_before[b]) <= task.optimiser.lr * 1.001
+
+
+def test_faults_in_front_of_the_boards_as_mnn_emulate_puts_them(clean: dict[int, np.ndarray]) -> None:
+    # The emulator's side: FaultyEndpoint before each port's boards, power switches attached
+    # once the rig has started (LateControl); the host sees a plain, noisy port.
+    from host_sdk.faults import EmulatedRigControl, LateControl
+
+    late = LateControl()
+    inj = FaultInjector("drop=0.005,corrupt=0.005,reboot_every=120,seed=5", control=late)
+    with EmulatedRig(PAPER, noiseless=True, dynamics=DynamicsSpec(tau_ms=0), endpoint_wrapper=inj.wrap_endpoint) as emu:
+        late.attach(EmulatedRigControl(emu))
+        with RigSession(PAPER, emu.ports, retries=3000, first_seq=1 << 24) as s:
+            s.handshake()
+            s.configure()
+            s.tare()
+            backend = RigBackend(s, PAPER.io["iris"], optimiser=IRIS.optimiser)
+            split = IRIS.split(0)
+            rows = np.random.default_rng([0, 1]).permutation(split.x_train.shape[0])[:IRIS.batch_size]
+            targets = split.y_train[rows]
+            backend.train_batch(0, IRIS.input_forces(split.x_train[rows]),
+                                lambda y, idx: -IRIS.loss.grad(y, targets[np.asarray(idx)]))
+            backend.update(0)
+            k = backend.stiffness().astype(np.float32)
+        assert late.target is not None and late.target.updates() == {a: 1 for a in range(14)}  # type: ignore[attr-defined]
+    assert np.array_equal(k, clean[1])
+    assert inj.report.dropped > 100 and inj.report.total_reboots >= 5
