@@ -760,6 +760,8 @@ def _read_toml(text: str, where: str, source: str) -> Rig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where}: not valid TOML: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{where}: not valid TOML: nested too deeply") from e
     return _Reader(where).rig(data, source)
 
 
