@@ -25,7 +25,6 @@ from .commands import (
     MAX_BONDS,
     MAX_N,
     MAX_PERIOD_MS,
-    MAX_ROUNDS,
     MAX_SAMPLE,
     MAX_STEP,
     MAX_TABLE,
@@ -47,7 +46,6 @@ from .commands import (
     UPDATE,
     CmdError,
 )
-from .compat import ticks_diff
 from .node import CMD_HI, CMD_LO, K_MAX_DEFAULT, K_MIN_DEFAULT
 
 BIG = 3.4028234663852886e38  # float32 max: the bound of plain float args
@@ -334,45 +332,6 @@ def reboot(srv, a):
 # -- calibration ------------------------------------------------------------------------------
 
 
-def _settle_raw(node, hal, n, tol, timeout_ms, period_ms):
-    # Rounds of n readings per channel until two successive rounds' sums differ by less than
-    # tol * n counts on every channel (settled), or timeout_ms / the round limits (not settled,
-    # counted in unsettled). Counts, not metres: calibration cannot rely on the gains it is
-    # measuring. Returns the last round's sums and whether they settled.
-    cur = node.cur
-    prev = node.prev
-    w = node.nb + node.nd
-    thr = tol * n
-    rounds = timeout_ms // (period_ms if period_ms > 0 else 1) + 2
-    if rounds > MAX_ROUNDS:
-        rounds = MAX_ROUNDS
-    t0 = hal.ticks_ms()
-    settled = False
-    r = 0
-    while True:
-        node._read(cur, n)
-        r += 1
-        if r > 1:
-            settled = True
-            for i in range(w):
-                d = cur[i] - prev[i]
-                if d < 0:
-                    d = -d
-                if d >= thr:
-                    settled = False
-                    break
-            if settled:
-                break
-        if r >= rounds or ticks_diff(hal.ticks_ms(), t0) >= timeout_ms:
-            break
-        cur, prev = prev, cur
-        if period_ms > 0:
-            hal.sleep_ms(period_ms)
-    if not settled:
-        node.unsettled += 1
-    return cur, settled
-
-
 def read_raw(srv, a):
     # raw counts of every owned strain channel and the displacement sensor, summed over n
     # readings (exact integers; mean = sum / n). n = 0 returns the last READ_RAW measurement.
@@ -390,7 +349,9 @@ def read_raw(srv, a):
         return last
     node = srv.node
     if tol > 0.0:
-        s, settled = _settle_raw(node, srv.hal, n, tol, timeout, period)
+        # settle on counts, not metres: calibration cannot rely on the gains it is measuring
+        settled = node.settle(n, [tol * n] * (node.nb + node.nd), timeout, period)
+        s = node.cur
     else:
         s = node.cur
         node._read(s, n)

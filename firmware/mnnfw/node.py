@@ -147,11 +147,8 @@ class Node:
     def measure(self, n, tol, timeout_ms, period_ms, lo=0):
         # Rounds of n readings per channel until two successive round means differ by less
         # than tol metres on every channel (settled) or timeout_ms has passed (not settled).
-        # The round count is bounded too, so a stuck clock cannot hang the board. The last
-        # round's sums stay in self.cur. lo = nb measures the displacement sensor alone.
-        hal = self.hal
+        # The last round's sums stay in self.cur. lo = nb measures the displacement sensor alone.
         nb = self.nb
-        w = nb + self.nd
         thr = self.thr
         if n != self.thr_n or tol != self.thr_tol:
             # |mean - prev mean| * |gain| < tol  <=>  |sum - prev sum| < tol * n / |gain|
@@ -161,6 +158,20 @@ class Node:
                 thr[nb + j] = _thr(tol * n / abs(self.disp_gain[j]))
             self.thr_n = n
             self.thr_tol = tol
+        self.settled = self.settle(n, thr, timeout_ms, period_ms, lo)
+        if self.nd:
+            cur = self.cur
+            self.u_sum[0] = cur[nb]
+            self.u_sum[1] = cur[nb + 1]
+            self.u_n = n
+
+    def settle(self, n, thr, timeout_ms, period_ms, lo=0):
+        # Rounds of n readings per channel (from bond lo on) until two successive rounds' sums
+        # differ by less than thr[i] counts on every channel, or timeout_ms passes. The round
+        # count is bounded too, so a stuck clock cannot hang the board. The last round's sums
+        # end in self.cur, the time taken in self.ms; returns whether they settled.
+        hal = self.hal
+        w = self.nb + self.nd
         rounds = timeout_ms // (period_ms if period_ms > 0 else 1) + 2
         if rounds > MAX_ROUNDS:
             rounds = MAX_ROUNDS
@@ -190,14 +201,10 @@ class Node:
                 hal.sleep_ms(period_ms)
         self.cur = cur
         self.prev = prev
-        self.settled = settled
         self.ms = ticks_diff(hal.ticks_ms(), t0)
         if not settled:
             self.unsettled += 1
-        if self.nd:
-            self.u_sum[0] = cur[nb]
-            self.u_sum[1] = cur[nb + 1]
-            self.u_n = n
+        return settled
 
     def tare(self, n):
         # zero = mean raw reading of every channel, with no load applied
