@@ -30,7 +30,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ from .errors import ConfigError
 from .faults import EmulatedRigControl, FaultInjector, FaultProfile, FaultReport
 from .protocol import Command
 from .rig import Rig, load_rig
-from .tasks import Task, get_experiment
+from .rigrun import task_on_rig
+from .tasks import get_experiment
 from .training import History, Progress, Trainer, TrainerState
 
 __all__ = [
@@ -370,17 +371,6 @@ class RigRunResult:
         }
 
 
-def _task_on_rig(task: Task, rig: Rig) -> Task:
-    """The task on the rig's network with the rig's I/O map of the same name."""
-    net = rig.network
-    if task.network.n_bonds == net.n_bonds and np.array_equal(task.network.bonds, net.bonds):
-        return task
-    if task.name not in rig.io:
-        raise ConfigError(f"task {task.name} does not run on rig {rig.name}: it has no {task.name!r} I/O map")
-    return replace(task, network=net, io=rig.io[task.name], k0=rig.k0, k_min=rig.k_min,
-                   k_max=rig.k_max, setup=None)
-
-
 def _needs_emulator(rig: Rig) -> bool:
     """An emulated rig whose ports are not given (or are in-process names) is started here; a
     rig file naming serial ports (real boards, or ``mnn emulate``'s terminals) is opened."""
@@ -429,7 +419,7 @@ def run_on_rig(
     if len(experiment.stages) != 1:
         raise ConfigError(f"task {opts.task} has {len(experiment.stages)} stages; a rig run takes one")
     rig = load_rig(opts.rig)
-    task = _task_on_rig(experiment.stages[0].task, rig)
+    task = task_on_rig(experiment.stages[0].task, rig)
     profile = FaultProfile.parse(opts.faults)
     with ExitStack() as stack:
         emu = None

@@ -75,22 +75,8 @@ class RigRunner:
             raise
 
     def task_for_rig(self, task: Task) -> Task:
-        """The task as this rig can run it.
-
-        A task on the rig's own network runs unchanged. On another network (a paper task on a
-        ``lattice:RxC`` rig) the rig's I/O map of the same name takes the paper's place.
-        """
-        net = self.rig.network
-        if task.network.n_bonds == net.n_bonds and np.array_equal(task.network.bonds, net.bonds):
-            return task
-        io_name = task.name.split("-")[0]
-        if io_name not in self.rig.io:
-            raise ConfigError(
-                f"task {task.name} runs on a {task.network.n_bonds}-bond network; rig {self.rig.name} "
-                f"has {net.n_bonds} bonds and no {io_name!r} I/O map"
-            )
-        return replace(task, network=net, io=self.rig.io[io_name], k0=self.rig.k0,
-                       k_min=self.rig.k_min, k_max=self.rig.k_max, setup=None)
+        """The task as this rig can run it (see :func:`task_on_rig`)."""
+        return task_on_rig(task, self.rig)
 
     def backend(self, task: Task) -> RigBackend:
         """A fresh backend for one stage: the boards start from the task's initial stiffness."""
@@ -133,3 +119,23 @@ class RigRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def task_on_rig(task: Task, rig: Rig) -> Task:
+    """The task as ``rig`` can run it.
+
+    A task on the rig's own network runs unchanged. On another network (a paper task on a
+    ``lattice:RxC`` rig) the rig's I/O map of the same name (``iris`` for ``iris``, ``behaviour``
+    for ``behaviour-ce``) takes the paper's place, with the rig's stiffness bounds.
+    """
+    net = rig.network
+    if task.network.n_bonds == net.n_bonds and np.array_equal(task.network.bonds, net.bonds):
+        return task
+    io_name = task.name.split("-")[0]
+    if io_name not in rig.io:
+        raise ConfigError(
+            f"task {task.name} runs on a {task.network.n_bonds}-bond network; rig {rig.name} "
+            f"has {net.n_bonds} bonds and no {io_name!r} I/O map"
+        )
+    return replace(task, network=net, io=rig.io[io_name], k0=rig.k0,
+                   k_min=rig.k_min, k_max=rig.k_max, setup=None)
