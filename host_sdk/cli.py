@@ -74,7 +74,7 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def _positive_int(text: str) -> int:
+def _nonnegative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError as e:
@@ -84,24 +84,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _finite_float(text: str, *, allow_zero: bool) -> float:
     try:
         value = float(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from e
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}")
     return value
+
+
+def _positive_float(text: str) -> float:
+    return _finite_float(text, allow_zero=False)
 
 
 def _nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from e
-    if not np.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
+    return _finite_float(text, allow_zero=True)
 
 
 def make_backend(args: argparse.Namespace, task: Task, seed: int) -> Backend:
@@ -284,7 +283,7 @@ def _add_training_options(parser: argparse.ArgumentParser, seeds: str, backend: 
                         help="emulated rig: ideal sensors and actuators")
     parser.add_argument("--seeds", default=seeds, metavar="LIST",
                         help=f"one independent run per seed: 0-9, 3 or 0,2,5-7 (default: {seeds})")
-    parser.add_argument("--epochs", type=_positive_int, metavar="N",
+    parser.add_argument("--epochs", type=_nonnegative_int, metavar="N",
                         help="epochs of every stage (default: the task's)")
     parser.add_argument("--lr", type=_positive_float, metavar="X",
                         help="learning rate of every stage (Adam: N/m per step; default: the task's)")
